@@ -1,0 +1,112 @@
+"""`dicom-node`: argument parsing only; each command calls bootstrap and one service function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from dicom_node.bootstrap import build_node, upgrade_database
+from dicom_node.core.errors import DicomNodeError
+from dicom_node.core.settings import Settings, load_settings, parse_ae_title
+from dicom_node.processes import run_receivers
+from dicom_node.services import peers as peer_service
+from storage import migrate
+
+
+def _ae_title(value: str) -> str:
+    try:
+        return parse_ae_title(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is 1-65535")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-node", description="A DICOM node that never loses an instance."
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file (also DICOM_NODE_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="run everything in one process: SCP receivers and study completion")
+    commands.add_parser("scp", help="run only the DICOM receivers (scale-out against PostgreSQL)")
+
+    db = commands.add_parser("db", help="database administration").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("upgrade", help="migrate the database to the newest schema")
+    db.add_parser("current", help="print the schema revision the database is at")
+
+    peer = commands.add_parser("peer", help="remote AEs").add_subparsers(dest="peer_command", required=True)
+    add = peer.add_parser("add", help="add a remote AE")
+    add.add_argument("ae_title", type=_ae_title)
+    add.add_argument("host")
+    add.add_argument("port", type=_port)
+    add.add_argument("--push-results", action="store_true", help="send AI result SRs to this AE")
+    peer.add_parser("list", help="list remote AEs")
+    remove = peer.add_parser("remove", help="remove a remote AE")
+    remove.add_argument("ae_title", type=_ae_title)
+    return parser
+
+
+def _run_db(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    if args.db_command == "upgrade":
+        upgrade_database(settings)
+        out.write(f"database at revision {migrate.head_revision()}\n")
+        return 0
+    out.write(f"{migrate.current_revision(settings.resolved_database_url) or 'none'}\n")
+    return 0
+
+
+def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    upgrade_database(settings)
+    node = build_node(settings)
+    try:
+        with node.sessions.begin() as session:
+            if args.peer_command == "add":
+                view = peer_service.add_peer(
+                    session,
+                    ae_title=args.ae_title,
+                    host=args.host,
+                    port=args.port,
+                    push_results=args.push_results,
+                    now=node.clock.now(),
+                )
+                out.write(f"added {view.ae_title} {view.host}:{view.port}\n")
+            elif args.peer_command == "list":
+                for view in peer_service.list_peers(session):
+                    push = " push-results" if view.push_results else ""
+                    out.write(f"{view.ae_title}\t{view.host}\t{view.port}{push}\n")
+            else:
+                peer_service.remove_peer(session, ae_title=args.ae_title)
+                out.write(f"removed {args.ae_title}\n")
+    finally:
+        node.engine.dispose()
+    return 0
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if args.command in ("serve", "scp"):
+            return run_receivers(settings, out)
+        if args.command == "db":
+            return _run_db(settings, args, out)
+        return _run_peer(settings, args, out)
+    except DicomNodeError as exc:
+        sys.stderr.write(f"dicom-node: {exc.message} [{exc.code}]\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

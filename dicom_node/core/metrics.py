@@ -1,0 +1,23 @@
+"""Ingest metrics. Labels come from bounded sets (outcomes, error codes), never from data sets."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ASSOCIATIONS = Counter("dicom_node_associations_total", "Association requests by result.", ["result"])
+ASSOCIATIONS_ACTIVE = Gauge(
+    "dicom_node_associations_active", "Associations currently established.", multiprocess_mode="livesum"
+)
+INSTANCES_RECEIVED = Counter(
+    "dicom_node_instances_received_total", "C-STORE requests by outcome.", ["outcome"]
+)
+REJECTIONS = Counter(
+    "dicom_node_rejections_total", "Rejected instances by validation or failure code.", ["code"]
+)
+BYTES_RECEIVED = Counter("dicom_node_received_bytes_total", "Bytes of instances stored.")
+STORE_SECONDS = Histogram(
+    "dicom_node_store_seconds",
+    "Time from the complete C-STORE request to the durable answer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+STUDIES_COMPLETED = Counter("dicom_node_studies_completed_total", "Studies that went idle and completed.")

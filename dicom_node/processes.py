@@ -1,0 +1,220 @@
+"""Process management for `serve` and `scp`: receiver processes sharing the DICOM port, and shutdown.
+
+pynetdicom is CPU-bound per process (GIL), so a burst from several modalities only uses every core
+when several receiver processes accept on the one port (SO_REUSEPORT). The supervisor restarts a
+receiver that dies, and on SIGTERM stops accepting, lets in-flight stores finish and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import queue
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from dicom_node.bootstrap import (
+    build_node,
+    configure_libraries,
+    describe_database,
+    scp_config,
+    upgrade_database,
+    warn_about_open_defaults,
+)
+from dicom_node.core.observability import configure_logging
+from dicom_node.core.settings import Settings
+from dicom_node.net.scp import ScpServer, start_scp
+from dicom_node.services.studies import run_completion_sweeper
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+_READY_TIMEOUT_SECONDS = 60.0
+_MONITOR_SECONDS = 0.5
+
+
+class StartupFailed(Exception):
+    """The node could not start listening."""
+
+
+@dataclass
+class _Receiver:
+    index: int
+    process: BaseProcess
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def _handle(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)
+
+
+def _reserve_port(host: str, port: int) -> int:
+    """Fail fast when the port is taken (a stale node included), and resolve port 0 to a free port.
+
+    The probe binds without SO_REUSEPORT, so it fails if any socket already holds the port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+    except OSError as exc:
+        raise StartupFailed(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    finally:
+        probe.close()
+
+
+def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int) -> None:
+    """Body of one receiver process: serve on the shared port until SIGTERM, then drain."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
+    settings = Settings(**settings_data)
+    configure_logging(settings.log_level)
+    node = build_node(settings)
+    configure_libraries(node.blobs.tmp_dir)
+    try:
+        server = start_scp(node, scp_config(settings, reuse_port=True))
+    except OSError as exc:
+        ready.put(("error", index, exc.strerror or type(exc).__name__))
+        return
+    ready.put(("ready", index, server.port))
+    while not stop.wait(1.0):
+        pass
+    server.stop(settings.shutdown_grace_seconds)
+    node.engine.dispose()
+
+
+class Supervisor:
+    """Runs the receivers (in-process for one, child processes for more) and the completion sweeper."""
+
+    def __init__(self, settings: Settings, out: TextIO) -> None:
+        self._settings = settings
+        self._out = out
+        self._stop = threading.Event()
+        self._context = multiprocessing.get_context("spawn")
+        self._ready: Any = self._context.Queue()
+        self._receivers: list[_Receiver] = []
+        self._local: ScpServer | None = None
+
+    def run(self) -> int:
+        settings = self._settings
+        configure_logging(settings.log_level)
+        _install_stop_handlers(self._stop)
+        upgrade_database(settings)
+        warn_about_open_defaults(settings)
+        node = build_node(settings)
+        configure_libraries(node.blobs.tmp_dir)
+        try:
+            port = self._start_receivers(node)
+        except StartupFailed as exc:
+            logger.error("start-up failed", extra={"event": "startup_failed", "reason": str(exc)})
+            self._stop_receivers()
+            self._out.write(f"dicom-node: {exc}\n")
+            return 2
+        processes = settings.scp_processes
+        self._out.write(
+            f"dicom-node listening: DICOM AE {settings.ae_title} on {settings.dicom_host}:{port} "
+            f"({processes} receiver process{'es' if processes > 1 else ''}); "
+            f"data {settings.data_dir}; database {describe_database(settings)}\n"
+        )
+        self._out.flush()
+        logger.info("node started", extra={"event": "node_started", "port": port, "processes": processes})
+        sweeper = threading.Thread(
+            target=run_completion_sweeper,
+            args=(node, self._stop),
+            kwargs={"poll_seconds": settings.completion_poll_seconds},
+            name="completion-sweeper",
+            daemon=True,
+        )
+        sweeper.start()
+        while not self._stop.wait(_MONITOR_SECONDS):
+            self._restart_dead_receivers(port)
+        logger.info("node stopping", extra={"event": "node_stopping"})
+        self._stop_receivers()
+        sweeper.join(timeout=settings.completion_poll_seconds + 5)
+        node.engine.dispose()
+        logger.info("node stopped", extra={"event": "node_stopped"})
+        return 0
+
+    def _start_receivers(self, node: Any) -> int:
+        settings = self._settings
+        if settings.scp_processes == 1:
+            try:
+                self._local = start_scp(node, scp_config(settings, reuse_port=False))
+            except OSError as exc:
+                raise StartupFailed(
+                    f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc.strerror}"
+                ) from exc
+            return self._local.port
+        port = _reserve_port(settings.dicom_host, settings.dicom_port)
+        self._settings = settings = settings.model_copy(update={"dicom_port": port})
+        for index in range(settings.scp_processes):
+            self._spawn(index)
+        for _ in range(settings.scp_processes):
+            self._await_ready()
+        return port
+
+    def _spawn(self, index: int) -> None:
+        process = self._context.Process(
+            target=_receiver_main,
+            args=(self._settings.model_dump(), self._ready, index),
+            name=f"dicom-node-receiver-{index}",
+        )
+        process.start()
+        self._receivers.append(_Receiver(index=index, process=process))
+
+    def _await_ready(self) -> None:
+        try:
+            kind, index, detail = self._ready.get(timeout=_READY_TIMEOUT_SECONDS)
+        except queue.Empty as exc:
+            raise StartupFailed("a receiver process did not start in time") from exc
+        if kind != "ready":
+            raise StartupFailed(
+                f"receiver {index} cannot listen on port {self._settings.dicom_port}: {detail}"
+            )
+
+    def _restart_dead_receivers(self, port: int) -> None:
+        for receiver in list(self._receivers):
+            if receiver.process.is_alive():
+                continue
+            logger.error(
+                "receiver process exited; restarting it",
+                extra={
+                    "event": "receiver_restarted",
+                    "pid": receiver.process.pid,
+                    "reason": str(receiver.process.exitcode),
+                },
+            )
+            self._receivers.remove(receiver)
+            self._spawn(receiver.index)
+            with contextlib.suppress(StartupFailed):
+                self._await_ready()
+
+    def _stop_receivers(self) -> None:
+        grace = self._settings.shutdown_grace_seconds
+        if self._local is not None:
+            self._local.stop(grace)
+        for receiver in self._receivers:
+            if receiver.process.is_alive() and receiver.process.pid is not None:
+                receiver.process.terminate()
+        for receiver in self._receivers:
+            receiver.process.join(timeout=grace + 10)
+            if receiver.process.is_alive():
+                receiver.process.kill()
+                receiver.process.join(timeout=5)
+
+
+def run_receivers(settings: Settings, out: TextIO) -> int:
+    return Supervisor(settings, out).run()
