@@ -164,7 +164,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         config_file = Path(os.environ[CONFIG_ENV])
     if config_file is not None and not config_file.is_file():
         raise SettingsInvalid(detail=f"config file not found: {config_file}")
-    cls = type("FileSettings", (Settings,), {"toml_file": config_file}) if config_file else Settings
+    cls: type[Settings] = (
+        type("FileSettings", (Settings,), {"toml_file": config_file}) if config_file else Settings
+    )
     try:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:

@@ -261,7 +261,7 @@ def _pixel_codes(dataset: Dataset, *, context: ReceiveContext, rules: Validation
 
 
 def _pixel_length_matches(dataset: Dataset, actual: int) -> bool:
-    """Native PixelData holds Rows x Columns x Samples x Frames values of BitsAllocated bits, padded to even."""
+    """Native PixelData: Rows x Columns x Samples x Frames values of BitsAllocated bits, padded to even."""
     try:
         expected = get_expected_length(dataset, unit="bytes")
     except (AttributeError, ValueError, TypeError, KeyError):

@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, evt
-from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import StoragePresentationContexts, VerificationPresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.core import metrics
@@ -34,6 +33,7 @@ from dicom_node.services import ingest
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
 
     from dicom_node.services.node import Node
@@ -94,7 +94,7 @@ def on_c_store(event: Event, node: Node) -> int | Dataset:
     """Store the spooled instance; Success only after ingest returned (durable and committed)."""
     with _association_context(event.assoc) as ref:
         started = time.perf_counter()
-        request = event.request
+        request = cast("C_STORE", event.request)
         abstract_syntax, transfer_syntax = event.context.abstract_syntax, event.context.transfer_syntax
         received = ingest.ReceivedInstance(
             path=Path(event.dataset_path),
@@ -131,7 +131,8 @@ def on_c_echo(event: Event) -> int:
 
 def _on_conn_open(event: Event) -> None:
     # Nagle plus delayed ACK costs ~40 ms per instance on a request/response protocol.
-    sock = event.assoc.dul.socket.socket
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -172,16 +173,15 @@ class ReusePortServer(ThreadedAssociationServer):
     """Several receiver processes share one port: the kernel spreads connections between them."""
 
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
 
 def build_ae(config: ScpConfig) -> AE:
     ae = AE(ae_title=config.ae_title)
     transfer_syntaxes = list(AllTransferSyntaxes)
-    ae.add_supported_context(Verification)
-    for context in StoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
+    for context in [*VerificationPresentationContexts, *StoragePresentationContexts]:
+        ae.add_supported_context(cast(str, context.abstract_syntax), transfer_syntaxes)
     ae.maximum_associations = config.max_associations
     ae.maximum_pdu_size = config.max_pdu_size
     ae.network_timeout = config.network_timeout_seconds
