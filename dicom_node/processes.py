@@ -116,6 +116,9 @@ class Supervisor:
         warn_about_open_defaults(settings)
         node = build_node(settings)
         configure_libraries(node.blobs.tmp_dir)
+        purged = node.blobs.purge_spool(idle_seconds=2 * settings.network_timeout_seconds)
+        if purged:
+            logger.info("stale spool files removed", extra={"event": "spool_purged", "count": purged})
         try:
             port = self._start_receivers(node)
         except StartupFailed as exc:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from enum import IntEnum
 
 from dicom_node.dicom.validation import Code
+from storage.errors import BlobStoreFailed, DatabaseUnavailable
 
 
 class Status(IntEnum):
@@ -48,6 +49,9 @@ CODE_STATUS: dict[str, Status] = {
     Code.DIMENSIONS_OUT_OF_BOUNDS: Status.DIMENSIONS_OUT_OF_BOUNDS,
     Code.PIXEL_DATA_LENGTH_MISMATCH: Status.PIXEL_DATA_LENGTH_MISMATCH,
     Code.SERIES_IN_OTHER_STUDY: Status.SERIES_IN_OTHER_STUDY,
+    # The node's own failures, recorded as rejections too: the sender should retry later.
+    BlobStoreFailed.code: Status.OUT_OF_RESOURCES,
+    DatabaseUnavailable.code: Status.OUT_OF_RESOURCES,
 }
 _PRECEDENCE = {code: rank for rank, code in enumerate(CODE_STATUS)}
 

@@ -118,7 +118,6 @@ def on_c_store(event: Event, node: Node) -> int | Dataset:
                     exc_info=True,
                     extra={"event": "instance_store_failed", "error_code": code, "status": int(status)},
                 )
-                metrics.INSTANCES_RECEIVED.labels(outcome="failed").inc()
             return _failure(status, code)
         finally:
             metrics.STORE_SECONDS.observe(time.perf_counter() - started)

@@ -32,7 +32,7 @@ from storage import instances as instance_repo
 from storage import rejections as rejection_repo
 from storage import studies as study_repo
 from storage.blobs import BlobDigest, digest_file
-from storage.errors import DatabaseUnavailable, StorageError
+from storage.errors import BlobStoreFailed, DatabaseUnavailable, StorageError
 from storage.models import DuplicateOutcome, DuplicateReceipt, Instance, Rejection, new_id
 
 if TYPE_CHECKING:
@@ -76,9 +76,20 @@ class IngestOutcome:
 def receive_instance(node: Node, received: ReceivedInstance) -> IngestOutcome:
     """Validate and durably store one received instance, or record why not and raise.
 
-    Raises `InstanceRejected` (recorded, bytes quarantined) or a `StorageError` (nothing acknowledged).
+    Raises `InstanceRejected` (recorded, bytes quarantined) or a `StorageError` (nothing stored;
+    recorded as a rejection too, best effort, since the disk or database may be what failed).
     """
-    digest = digest_file(received.path)
+    try:
+        digest = digest_file(received.path)
+    except OSError as exc:
+        raise BlobStoreFailed() from exc
+    try:
+        return _store(node, received, digest)
+    except StorageError as error:
+        _reject(node, received, (error.code,), digest, cause=error)
+
+
+def _store(node: Node, received: ReceivedInstance, digest: BlobDigest) -> IngestOutcome:
     try:
         parsed = read_instance(received.path, transfer_syntax_uid=received.context.transfer_syntax_uid)
     except UnreadableInstance:
@@ -228,16 +239,20 @@ def _reject(
     digest: BlobDigest,
     *,
     stored_key: str | None = None,
+    cause: StorageError | None = None,
 ) -> NoReturn:
-    """Quarantine the bytes, record the rejection in its own transaction, then raise InstanceRejected.
+    """Quarantine the bytes, record the rejection in its own transaction, then raise.
+
+    Raises InstanceRejected, or `cause` when the node itself failed (disk, database).
 
     Recording is best effort: when the disk or database is what failed, the sender still gets the
     precise validation status and the failure is logged.
     """
     rejection_id = new_id("rej")
-    quarantine_key: str | None = None
+    quarantine_key: str | None = stored_key
     try:
-        quarantine_key = stored_key or node.blobs.adopt(received.path, namespace="quarantine")
+        if quarantine_key is None and received.path.exists():
+            quarantine_key = node.blobs.adopt(received.path, namespace="quarantine")
         with node.sessions.begin() as session:
             rejection_repo.add_rejection(
                 session,
@@ -262,7 +277,7 @@ def _reject(
         )
     for code in codes:
         metrics.REJECTIONS.labels(code=code).inc()
-    metrics.INSTANCES_RECEIVED.labels(outcome="rejected").inc()
+    metrics.INSTANCES_RECEIVED.labels(outcome="failed" if cause else "rejected").inc()
     logger.warning(
         "instance rejected",
         extra={
@@ -273,4 +288,6 @@ def _reject(
             "calling_ae": received.calling_ae_title,
         },
     )
+    if cause is not None:
+        raise cause
     raise InstanceRejected(codes, rejection_ref=rejection_id)
