@@ -88,23 +88,6 @@ class FileBlobStore:
                 continue
         return removed
 
-    def purge_spool(self, *, idle_seconds: float) -> int:
-        """Delete spool files nobody has written to for `idle_seconds` (left by aborted associations).
-
-        A spool file that is still being received is written to at least every network timeout, so
-        an idle one belongs to no live association, even when several hosts share the volume.
-        """
-        cutoff = time.time() - idle_seconds
-        removed = 0
-        for path in self.tmp_dir.glob("*"):
-            try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
-
     def adopt(self, source: Path, *, namespace: str) -> str:
         """Move an existing file into the store durably and return its key.
 
