@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import socket
@@ -75,11 +76,21 @@ def _reserve_port(host: str, port: int) -> int:
         probe.close()
 
 
+def _watch_supervisor(stop: threading.Event, supervisor_pid: int) -> None:
+    """Drain and exit when the supervisor is gone (killed -9), so no orphan keeps the port."""
+    while not stop.wait(_MONITOR_SECONDS):
+        if os.getppid() != supervisor_pid:
+            stop.set()
+
+
 def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int) -> None:
     """Body of one receiver process: serve on the shared port until SIGTERM, then drain."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
+    threading.Thread(
+        target=_watch_supervisor, args=(stop, os.getppid()), name="supervisor-watch", daemon=True
+    ).start()
     settings = Settings(**settings_data)
     configure_logging(settings.log_level)
     node = build_node(settings)
