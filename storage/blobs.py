@@ -7,6 +7,7 @@ either names the complete bytes or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -118,9 +119,19 @@ class FileBlobStore:
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             raise BlobStoreFailed() from exc
-        return self.adopt(temp, namespace=namespace)
+        try:
+            return self.adopt(temp, namespace=namespace)
+        except BlobStoreFailed:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise
+
+    def move(self, key: str, *, namespace: str) -> str:
+        """Move a blob to another namespace durably (e.g. into quarantine); returns the new key."""
+        return self.adopt(self.path_of(key), namespace=namespace)
 
     def path_of(self, key: str) -> Path:
         namespace, _, name = key.partition("/")

@@ -168,7 +168,7 @@ class DuplicateReceipt(Base):
     outcome: Mapped[str] = mapped_column(_enum(DuplicateOutcome))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    # kept_existing: the new bytes, quarantined; replaced: the superseded blob. Nothing is deleted.
+    # kept_existing: the new bytes; replaced: the superseded blob. Both stay in the store; none deleted.
     retained_blob_key: Mapped[str | None] = mapped_column(String(80))
 
 

@@ -50,16 +50,24 @@ ALLOWED_EXTRAS = frozenset(
     }
 )
 # Standard UIDs (SOP classes, transfer syntaxes) are not PHI and help operators; anything else that
-# looks like a UID may embed an MRN or a date, so it is redacted.
-_UID_LIKE = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")
+# looks like a UID (three or more numeric components, as in 2.25.<uuid>) may embed an MRN or a date,
+# so it is redacted. IPv4 addresses (four components of at most 255) are kept for operators.
+_UID_LIKE = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}(?![0-9.])")
 _STANDARD_UID_PREFIX = "1.2.840.10008."
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 
 
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(len(part) <= 3 and int(part) <= 255 for part in parts)
+
+
 def _redact_uids(text: str) -> str:
-    return _UID_LIKE.sub(
-        lambda m: m.group(0) if m.group(0).startswith(_STANDARD_UID_PREFIX) else "<uid>", text
-    )
+    def replace(match: re.Match[str]) -> str:
+        value = match.group(0)
+        return value if value.startswith(_STANDARD_UID_PREFIX) or _is_ipv4(value) else "<uid>"
+
+    return _UID_LIKE.sub(replace, text)
 
 
 def new_correlation_id(prefix: str) -> str:
@@ -84,7 +92,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "event": getattr(record, "event", None) or "log",
-            "msg": _redact_uids(record.getMessage()),
+            "msg": record.getMessage(),
             "correlation_id": correlation_id.get(),
             "assoc_id": assoc_id.get(),
             "job_id": job_id.get(),
@@ -93,13 +101,14 @@ class JsonFormatter(logging.Formatter):
             if key in _RECORD_FIELDS or key == "event":
                 continue
             if key in ALLOWED_EXTRAS:
-                payload[key] = _redact_uids(value) if isinstance(value, str) else value
+                payload[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             payload["exc_type"] = record.exc_info[0].__name__
             cause = record.exc_info[1].__cause__ if record.exc_info[1] is not None else None
             if cause is not None:
                 payload["exc_cause_type"] = type(cause).__name__
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        # Redact the whole line, so a UID nested in a list or dict extra is caught too.
+        return _redact_uids(json.dumps(payload, default=str, ensure_ascii=False))
 
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:

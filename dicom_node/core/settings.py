@@ -38,7 +38,7 @@ class DuplicatePolicy(StrEnum):
 
 def parse_ae_title(value: str) -> str:
     """An AE title with its padding removed, or ValueError."""
-    if not _AE_TITLE.match(value) or not value.strip():
+    if not _AE_TITLE.fullmatch(value) or not value.strip():
         raise ValueError("an AE title is 1-16 printable characters without a backslash")
     return value.strip()
 

@@ -161,7 +161,7 @@ def _is_truncated(parsed: ParsedInstance) -> bool:
     tags = list(dataset.keys())
     if not tags:
         return True
-    last = dataset.get_item(max(tags))
+    last = dataset.get_item(max(tags), keep_deferred=True)
     length = getattr(last, "length", None)
     value_tell = getattr(last, "value_tell", None)
     if length is None or value_tell is None or length == _UNDEFINED_LENGTH:
@@ -170,7 +170,7 @@ def _is_truncated(parsed: ParsedInstance) -> bool:
 
 
 def _native_pixel_length(dataset: Dataset) -> int | None:
-    raw = dataset.get_item(_PIXEL_DATA_TAG)
+    raw = dataset.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
     if raw is None:
         return None
     length = getattr(raw, "length", None)

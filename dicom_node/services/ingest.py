@@ -217,7 +217,8 @@ def _apply_duplicate_policy(
 ) -> tuple[IngestResult, str | None]:
     """Same bytes: nothing new. Different bytes: keep (retain the new aside) or replace (retain the old).
 
-    Nothing is deleted: the receipt row names the blob that is no longer the instance's.
+    Nothing is deleted: the receipt row names the blob that is not the instance's. Retained bytes
+    stay in the store namespace (they are valid instances, not failed input, so not quarantined).
     """
     if existing.sha256 == digest.sha256 and existing.size_bytes == digest.size_bytes:
         return IngestResult.DUPLICATE_IDENTICAL, None
@@ -249,9 +250,11 @@ def _reject(
     precise validation status and the failure is logged.
     """
     rejection_id = new_id("rej")
-    quarantine_key: str | None = stored_key
+    quarantine_key: str | None = None
     try:
-        if quarantine_key is None and received.path.exists():
+        if stored_key is not None:
+            quarantine_key = node.blobs.move(stored_key, namespace="quarantine")
+        elif received.path.exists():
             quarantine_key = node.blobs.adopt(received.path, namespace="quarantine")
         with node.sessions.begin() as session:
             rejection_repo.add_rejection(
