@@ -96,6 +96,7 @@ class JsonFormatter(logging.Formatter):
             "correlation_id": correlation_id.get(),
             "assoc_id": assoc_id.get(),
             "job_id": job_id.get(),
+            "pid": record.process,
         }
         for key, value in vars(record).items():
             if key in _RECORD_FIELDS or key == "event":
