@@ -31,7 +31,7 @@ from dicom_node.services.studies import complete_idle_studies
 from storage.errors import BlobStoreFailed
 from tests.harness import datasets
 
-FIXED_KEYS = {"ts", "level", "logger", "event", "msg", "correlation_id", "assoc_id", "job_id"}
+FIXED_KEYS = {"ts", "level", "logger", "event", "msg", "correlation_id", "assoc_id", "job_id", "pid"}
 MRN_UID = "1.2.826.0.1.3680043.8.498.4711"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
