@@ -22,7 +22,20 @@ class StudyActivity:
 def lock_study(
     session: Session, *, original_study_instance_uid: str, original_patient_id: str | None, now: datetime
 ) -> Study:
-    """The study row for this UID, created if needed and locked for this transaction."""
+    """The study row for this UID, created if needed and locked for this transaction.
+
+    Most instances belong to a study that exists, so the lookup comes first and the insert (which
+    may race with another receiver) only when it found nothing.
+    """
+    statement = (
+        select(Study)
+        .where(Study.original_study_instance_uid == original_study_instance_uid)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    found = session.execute(statement).scalar_one_or_none()
+    if found is not None:
+        return found
     insert_if_absent(
         session,
         Study,
@@ -37,12 +50,6 @@ def lock_study(
             "last_received_at": now,
         },
         unique="original_study_instance_uid",
-    )
-    statement = (
-        select(Study)
-        .where(Study.original_study_instance_uid == original_study_instance_uid)
-        .with_for_update()
-        .execution_options(populate_existing=True)
     )
     return session.execute(statement).scalar_one()
 
@@ -65,6 +72,10 @@ def record_instance_arrival(session: Session, study: Study, *, now: datetime, ne
 def ensure_series(
     session: Session, *, study_id: str, original_series_instance_uid: str, modality: str | None, now: datetime
 ) -> Series:
+    statement = select(Series).where(Series.original_series_instance_uid == original_series_instance_uid)
+    found = session.execute(statement).scalar_one_or_none()
+    if found is not None:
+        return found
     insert_if_absent(
         session,
         Series,
@@ -77,7 +88,6 @@ def ensure_series(
         },
         unique="original_series_instance_uid",
     )
-    statement = select(Series).where(Series.original_series_instance_uid == original_series_instance_uid)
     return session.execute(statement).scalar_one()
 
 

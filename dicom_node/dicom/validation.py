@@ -7,7 +7,10 @@ Pixel data is never decoded: native pixel data is checked by its length, encapsu
 
 from __future__ import annotations
 
+import mmap
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 # PS3.5 9.1: components of digits, no leading zero, separated by dots, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -117,6 +120,8 @@ class InstanceHeader:
 class ParsedInstance:
     dataset: Dataset
     file_size: int
+    path: Path
+    transfer_syntax_uid: str
 
 
 def read_instance(path: Path, *, transfer_syntax_uid: str) -> ParsedInstance:
@@ -135,9 +140,12 @@ def read_instance(path: Path, *, transfer_syntax_uid: str) -> ParsedInstance:
         IndexError,
         NotImplementedError,
         OverflowError,
+        zlib.error,
     ) as exc:
         raise UnreadableInstance() from exc
-    return ParsedInstance(dataset=dataset, file_size=file_size)
+    return ParsedInstance(
+        dataset=dataset, file_size=file_size, path=path, transfer_syntax_uid=transfer_syntax_uid
+    )
 
 
 def _value(dataset: Dataset, keyword: str) -> Any:
@@ -157,6 +165,11 @@ def _is_truncated(parsed: ParsedInstance) -> bool:
     pydicom returns a short value instead of raising, so a data set cut off in its last element
     (typically pixel data) would otherwise pass as complete.
     """
+    transfer_syntax = UID(parsed.transfer_syntax_uid)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return False  # offsets are in the inflated stream; a cut-off deflate stream fails to inflate
+    if transfer_syntax.is_encapsulated:
+        return _encapsulated_pixels_truncated(parsed.path)
     dataset = parsed.dataset
     tags = list(dataset.keys())
     if not tags:
@@ -167,6 +180,36 @@ def _is_truncated(parsed: ParsedInstance) -> bool:
     if length is None or value_tell is None or length == _UNDEFINED_LENGTH:
         return False
     return bool(value_tell + length > parsed.file_size)
+
+
+# (7FE0,0010) Pixel Data, explicit VR little endian, undefined length: how encapsulated pixel data starts.
+_ENCAPSULATED_PIXEL_HEADERS = (
+    b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff",
+    b"\xe0\x7f\x10\x00OW\x00\x00\xff\xff\xff\xff",
+)
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+
+
+def _encapsulated_pixels_truncated(path: Path) -> bool:
+    """True when the fragments of the top-level encapsulated Pixel Data do not end in a delimiter.
+
+    PS3.5 A.4: items (FFFE,E000) of defined length, then (FFFE,E0DD). Only item headers are read
+    (values are skipped by offset), so memory stays flat whatever the pixel data's size.
+    """
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        start = max(view.rfind(header) for header in _ENCAPSULATED_PIXEL_HEADERS)
+        if start < 0:
+            return False  # no encapsulated pixel data in this data set
+        position, size = start + 12, len(view)
+        while position + 8 <= size:
+            group, element, length = struct.unpack_from("<HHI", view, position)
+            if (group, element) == _SEQUENCE_DELIMITER:
+                return False
+            if (group, element) != _ITEM or length == _UNDEFINED_LENGTH:
+                return True
+            position += 8 + length
+        return True
 
 
 def _native_pixel_length(dataset: Dataset) -> int | None:
@@ -200,6 +243,9 @@ def validate_instance(
 ) -> list[str]:
     """Every failed check's code, most fundamental first; an empty list means the instance is accepted."""
     dataset = parsed.dataset
+    if all(_value(dataset, keyword) is None for keyword in _UID_KEYWORDS):
+        # Not one identifying attribute: whatever was parsed is not a composite instance.
+        return [Code.UNREADABLE]
     codes: list[str] = []
     if _is_truncated(parsed):
         codes.append(Code.TRUNCATED)
@@ -265,5 +311,7 @@ def _pixel_length_matches(dataset: Dataset, actual: int) -> bool:
     try:
         expected = get_expected_length(dataset, unit="bytes")
     except (AttributeError, ValueError, TypeError, KeyError):
+        return False
+    if not isinstance(expected, int):  # e.g. a non-numeric NumberOfFrames
         return False
     return actual in (expected, expected + (expected % 2))

@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts, VerificationPresentationContexts
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.core import metrics
@@ -176,7 +178,20 @@ class ReusePortServer(ThreadedAssociationServer):
         super().server_bind()
 
 
+def _register_retired_storage_classes() -> None:
+    """Give the retired storage SOP classes pynetdicom lists but does not route a Storage service.
+
+    Without it a C-STORE on such a context (e.g. retired US Image Storage) aborts the association,
+    losing every instance after it.
+    """
+    for context in StoragePresentationContexts:
+        uid = cast(str, context.abstract_syntax)
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, f"RetiredStorage_{uid.replace('.', '_')}", StorageServiceClass)
+
+
 def build_ae(config: ScpConfig) -> AE:
+    _register_retired_storage_classes()
     ae = AE(ae_title=config.ae_title)
     transfer_syntaxes = list(AllTransferSyntaxes)
     for context in [*VerificationPresentationContexts, *StoragePresentationContexts]:

@@ -24,6 +24,7 @@ from pynetdicom import AE, evt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.blobs import FileBlobStore
 from storage.models import DuplicateReceipt, Event, Instance, Rejection, Study
 from tests.e2e.conftest import StartNode
 from tests.harness import datasets, dicom_tools
@@ -154,8 +155,8 @@ def _write_study(directory: Path, count: int, *, folders: int = 1) -> dict[str, 
 
 
 def _blob_path(data_dir: Path, key: str) -> Path:
-    namespace, _, name = key.partition("/")
-    return data_dir / namespace / name[:2] / name[2:4] / f"{name}.dcm"
+    """The stored file for a key; raises BlobNotFound when the row points at nothing."""
+    return FileBlobStore(data_dir).path_of(key)
 
 
 def _parse_fully(path: Path) -> pydicom.Dataset:

@@ -6,6 +6,7 @@ the data set), because receive_instance consumes it.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -441,7 +442,7 @@ def test_concurrent_identical_copies_of_one_instance_store_it_once(node: Node) -
 def test_a_blob_store_failure_is_recorded_as_a_rejection_and_raised(node: Node) -> None:
     """The store namespace is unusable (a regular file; root ignores permission bits)."""
     store = node.blobs.root / "store"
-    store.rmdir()
+    shutil.rmtree(store)
     store.write_bytes(b"not a directory")
     ds = datasets.make_ct()
     request = received(node, ds)
