@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,3 +96,26 @@ def scp(node: Node, settings: Settings) -> Iterator[ScpServer]:
     server = start_scp(node, scp_config(settings, reuse_port=False))
     yield server
     server.stop(0)
+
+
+NodeMaker = Callable[..., tuple[Node, ScpServer]]
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, database_url: str) -> Iterator[NodeMaker]:
+    """One node with its SCP per test, on the test's database, with settings overrides."""
+    started: list[tuple[Node, ScpServer]] = []
+
+    def make(**overrides: object) -> tuple[Node, ScpServer]:
+        assert not started, "one node per test: the database is the test's"
+        settings = make_settings(tmp_path / "var", database_url, **overrides)
+        node = build_node(settings, clock=ManualClock())
+        configure_libraries(node.blobs.tmp_dir)
+        server = start_scp(node, scp_config(settings, reuse_port=False))
+        started.append((node, server))
+        return node, server
+
+    yield make
+    for node, server in started:
+        server.stop(0)
+        node.engine.dispose()

@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
-from dicom_node.bootstrap import build_node, configure_libraries, scp_config
-from dicom_node.core.clock import ManualClock
 from dicom_node.dicom.dimse_status import Status
-from dicom_node.net.scp import ScpServer, start_scp
 from dicom_node.services.node import Node
 from storage.models import Instance
-from tests.conftest import make_settings
+from tests.conftest import NodeMaker
 from tests.harness import datasets, dicom_tools
 from tests.harness.waiting import wait_until
-
-NodeMaker = Callable[..., tuple[Node, ScpServer]]
-
-
-@pytest.fixture
-def make_node(tmp_path: Path, database_url: str) -> Iterator[NodeMaker]:
-    started: list[tuple[Node, ScpServer]] = []
-
-    def make(**overrides: object) -> tuple[Node, ScpServer]:
-        settings = make_settings(tmp_path / "var", database_url, **overrides)
-        node = build_node(settings, clock=ManualClock())
-        configure_libraries(node.blobs.tmp_dir)
-        server = start_scp(node, scp_config(settings, reuse_port=False))
-        started.append((node, server))
-        return node, server
-
-    yield make
-    for node, server in started:
-        server.stop(0)
-        node.engine.dispose()
 
 
 def associate(port: int, *, calling: str = "ALLOWED", called: str = "DICOM_NODE") -> Association:

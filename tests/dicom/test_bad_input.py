@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,15 +36,12 @@ from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from dicom_node.bootstrap import build_node, configure_libraries, scp_config
-from dicom_node.core.clock import ManualClock
 from dicom_node.dicom.dimse_status import Status, primary_code
 from dicom_node.dicom.validation import Code
-from dicom_node.net.scp import ScpServer, start_scp
 from dicom_node.services.node import Node
 from storage.errors import BlobStoreFailed
 from storage.models import Instance, Rejection, ValidationResult
-from tests.conftest import make_settings
+from tests.conftest import NodeMaker
 from tests.harness.datasets import make_ct
 
 
@@ -236,29 +233,6 @@ def _raw_sending(monkeypatch: pytest.MonkeyPatch) -> None:
     # Send each file's data set bytes as they are; let pydicom write the invalid values the cases need.
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
     monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.IGNORE)
-
-
-NodeMaker = Callable[..., tuple[Node, ScpServer]]
-
-
-@pytest.fixture
-def make_node(tmp_path: Path, database_url: str) -> Iterator[NodeMaker]:
-    """One node per test on the test's database, with settings overrides."""
-    started: list[tuple[Node, ScpServer]] = []
-
-    def make(**overrides: object) -> tuple[Node, ScpServer]:
-        assert not started, "one node per test: the database is the test's"
-        settings = make_settings(tmp_path / "var", database_url, **overrides)
-        node = build_node(settings, clock=ManualClock())
-        configure_libraries(node.blobs.tmp_dir)
-        server = start_scp(node, scp_config(settings, reuse_port=False))
-        started.append((node, server))
-        return node, server
-
-    yield make
-    for node, server in started:
-        server.stop(0)
-        node.engine.dispose()
 
 
 def _no_delay(event: evt.Event) -> None:
