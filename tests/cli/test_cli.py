@@ -1,0 +1,68 @@
+"""The CLI's database and peer commands, in-process against both databases."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from storage import migrate
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def node_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> str:
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("DICOM_NODE_DATABASE_URL", database_url)
+    return database_url
+
+
+def test_db_upgrade_reports_the_head_revision_and_current_agrees(node_env: str) -> None:
+    code, out = run("db", "upgrade")
+    assert code == 0
+    assert out.strip() == f"database at revision {migrate.head_revision()}"
+    assert run("db", "current") == (0, f"{migrate.head_revision()}\n")
+
+
+def test_peer_add_list_remove_round_trip(node_env: str) -> None:
+    assert run("peer", "add", "PACS", "10.0.0.5", "104", "--push-results") == (0, "added PACS 10.0.0.5:104\n")
+    assert run("peer", "add", "VIEWER", "viewer.local", "11112") == (0, "added VIEWER viewer.local:11112\n")
+    code, out = run("peer", "list")
+    assert code == 0
+    assert out.splitlines() == ["PACS\t10.0.0.5\t104 push-results", "VIEWER\tviewer.local\t11112"]
+    assert run("peer", "remove", "PACS") == (0, "removed PACS\n")
+    assert run("peer", "list") == (0, "VIEWER\tviewer.local\t11112\n")
+
+
+def test_adding_a_peer_twice_or_removing_an_unknown_one_fails_with_a_code(
+    node_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("peer", "add", "PACS", "10.0.0.5", "104")[0] == 0
+    assert run("peer", "add", "PACS", "10.0.0.6", "104")[0] == 2
+    assert "[peer.already_exists]" in capsys.readouterr().err
+    assert run("peer", "remove", "NOPE")[0] == 2
+    assert "[peer.not_found]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["peer", "add", "BAD\\AE", "h", "104"], ["peer", "add", "PACS", "h", "70000"]]
+)
+def test_invalid_peer_arguments_are_refused_by_the_parser(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run(*argv)
+    assert exit_info.value.code == 2
+
+
+def test_an_unknown_setting_in_the_environment_stops_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_AE_TITEL", "TYPO")
+    assert run("db", "current")[0] == 2
+    assert "DICOM_NODE_AE_TITEL" in capsys.readouterr().err
