@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -10,34 +9,22 @@ from sqlalchemy.orm import Session
 
 from storage.events import append_event
 from storage.models import EventKind, Series, Study, StudyStatus, new_id
-from storage.upserts import insert_if_absent
-
-
-@dataclass(frozen=True, slots=True)
-class StudyActivity:
-    study_id: str
-    reopened: bool
+from storage.upserts import get_or_insert
 
 
 def lock_study(
     session: Session, *, original_study_instance_uid: str, original_patient_id: str | None, now: datetime
 ) -> Study:
-    """The study row for this UID, created if needed and locked for this transaction.
-
-    Most instances belong to a study that exists, so the lookup comes first and the insert (which
-    may race with another receiver) only when it found nothing.
-    """
+    """The study row for this UID, created if needed and locked for this transaction."""
     statement = (
         select(Study)
         .where(Study.original_study_instance_uid == original_study_instance_uid)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    found = session.execute(statement).scalar_one_or_none()
-    if found is not None:
-        return found
-    insert_if_absent(
+    return get_or_insert(
         session,
+        statement,
         Study,
         {
             "id": new_id("std"),
@@ -51,7 +38,6 @@ def lock_study(
         },
         unique="original_study_instance_uid",
     )
-    return session.execute(statement).scalar_one()
 
 
 def record_instance_arrival(session: Session, study: Study, *, now: datetime, new_instance: bool) -> bool:
@@ -73,11 +59,9 @@ def ensure_series(
     session: Session, *, study_id: str, original_series_instance_uid: str, modality: str | None, now: datetime
 ) -> Series:
     statement = select(Series).where(Series.original_series_instance_uid == original_series_instance_uid)
-    found = session.execute(statement).scalar_one_or_none()
-    if found is not None:
-        return found
-    insert_if_absent(
+    return get_or_insert(
         session,
+        statement,
         Series,
         {
             "id": new_id("ser"),
@@ -88,7 +72,6 @@ def ensure_series(
         },
         unique="original_series_instance_uid",
     )
-    return session.execute(statement).scalar_one()
 
 
 def complete_idle_studies(
