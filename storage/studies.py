@@ -1,4 +1,4 @@
-"""Studies and series: created by the first instance, completed by idleness, re-opened by a late one."""
+"""Study completion: a receiving study completes once idle; `storage.arrivals` re-opens it."""
 
 from __future__ import annotations
 
@@ -8,70 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.events import append_event
-from storage.models import EventKind, Series, Study, StudyStatus, new_id
-from storage.upserts import get_or_insert
-
-
-def lock_study(
-    session: Session, *, original_study_instance_uid: str, original_patient_id: str | None, now: datetime
-) -> Study:
-    """The study row for this UID, created if needed and locked for this transaction."""
-    statement = (
-        select(Study)
-        .where(Study.original_study_instance_uid == original_study_instance_uid)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return get_or_insert(
-        session,
-        statement,
-        Study,
-        {
-            "id": new_id("std"),
-            "original_study_instance_uid": original_study_instance_uid,
-            "original_patient_id": original_patient_id,
-            "status": StudyStatus.RECEIVING,
-            "generation": 0,
-            "instance_count": 0,
-            "first_received_at": now,
-            "last_received_at": now,
-        },
-        unique="original_study_instance_uid",
-    )
-
-
-def record_instance_arrival(session: Session, study: Study, *, now: datetime, new_instance: bool) -> bool:
-    """Restart the study's idle timer; re-open it if it had completed. True when re-opened."""
-    reopened = study.status == StudyStatus.COMPLETE
-    study.status = StudyStatus.RECEIVING
-    study.last_received_at = max(study.last_received_at, now)
-    study.completed_at = None
-    if new_instance:
-        study.instance_count += 1
-    if reopened:
-        append_event(
-            session, kind=EventKind.STUDY_REOPENED, study_id=study.id, generation=study.generation, now=now
-        )
-    return reopened
-
-
-def ensure_series(
-    session: Session, *, study_id: str, original_series_instance_uid: str, modality: str | None, now: datetime
-) -> Series:
-    statement = select(Series).where(Series.original_series_instance_uid == original_series_instance_uid)
-    return get_or_insert(
-        session,
-        statement,
-        Series,
-        {
-            "id": new_id("ser"),
-            "study_id": study_id,
-            "original_series_instance_uid": original_series_instance_uid,
-            "modality": modality,
-            "created_at": now,
-        },
-        unique="original_series_instance_uid",
-    )
+from storage.models import EventKind, Study, StudyStatus
 
 
 def complete_idle_studies(
@@ -108,7 +45,3 @@ def complete_idle_studies(
         )
         completed.append(study_id)
     return completed
-
-
-def get_study(session: Session, study_id: str) -> Study | None:
-    return session.get(Study, study_id)

@@ -28,17 +28,16 @@ from dicom_node.dicom.validation import (
     read_instance,
     validate_instance,
 )
-from storage import instances as instance_repo
+from storage import arrivals
 from storage import rejections as rejection_repo
-from storage import studies as study_repo
 from storage.blobs import BlobDigest, digest_file
 from storage.errors import BlobStoreFailed, DatabaseUnavailable, StorageError
-from storage.models import DuplicateOutcome, DuplicateReceipt, Instance, Rejection, new_id
+from storage.models import DuplicateOutcome, Rejection, new_id
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
     from dicom_node.services.node import Node
 
@@ -104,8 +103,8 @@ def _store(node: Node, received: ReceivedInstance, digest: BlobDigest) -> Ingest
     blob_key = node.blobs.adopt(received.path, namespace="store")
     for _ in range(_CONCURRENT_INSERT_RETRIES):
         try:
-            with node.sessions.begin() as session:
-                outcome = _record(session, node, received, header, digest, blob_key)
+            with node.engine.begin() as connection:
+                outcome = _record(connection, node, received, header, digest, blob_key)
         except InstanceRejected as rejected:
             _reject(node, received, rejected.codes, digest, stored_key=blob_key)
         except IntegrityError:
@@ -137,7 +136,7 @@ def _store(node: Node, received: ReceivedInstance, digest: BlobDigest) -> Ingest
 
 
 def _record(
-    session: Session,
+    connection: Connection,
     node: Node,
     received: ReceivedInstance,
     header: InstanceHeader,
@@ -145,14 +144,14 @@ def _record(
     blob_key: str,
 ) -> IngestOutcome:
     now = node.clock.now()
-    study = study_repo.lock_study(
-        session,
+    study = arrivals.lock_study(
+        connection,
         original_study_instance_uid=header.study_instance_uid,
         original_patient_id=header.patient_id,
         now=now,
     )
-    series = study_repo.ensure_series(
-        session,
+    series = arrivals.ensure_series(
+        connection,
         study_id=study.id,
         original_series_instance_uid=header.series_instance_uid,
         modality=header.modality,
@@ -161,12 +160,12 @@ def _record(
     if series.study_id != study.id:
         raise InstanceRejected((Code.SERIES_IN_OTHER_STUDY,))
 
-    existing = instance_repo.find_instance(session, original_sop_instance_uid=header.sop_instance_uid)
+    existing = arrivals.find_instance(connection, original_sop_instance_uid=header.sop_instance_uid)
     if existing is None:
         instance_id = new_id("ins")
-        instance_repo.add_instance(
-            session,
-            Instance(
+        arrivals.insert_instance(
+            connection,
+            arrivals.NewInstance(
                 id=instance_id,
                 study_id=study.id,
                 series_id=series.id,
@@ -180,28 +179,26 @@ def _record(
                 association_ref=received.association_ref,
                 received_at=now,
             ),
-            now=now,
         )
-        reopened = study_repo.record_instance_arrival(session, study, now=now, new_instance=True)
+        reopened = arrivals.record_arrival(connection, study, now=now, new_instance=True)
         return IngestOutcome(IngestResult.STORED, instance_id, study.id, reopened)
 
-    result, retained_key = _apply_duplicate_policy(node, received, existing, digest, blob_key)
-    instance_repo.add_duplicate_receipt(
-        session,
-        DuplicateReceipt(
-            id=new_id("dup"),
-            instance_id=existing.id,
-            received_at=now,
-            association_ref=received.association_ref,
-            calling_ae_title=received.calling_ae_title,
-            policy=node.ingest.duplicate_policy.value,
-            outcome=_DUPLICATE_OUTCOMES[result],
-            sha256=digest.sha256,
-            size_bytes=digest.size_bytes,
-            retained_blob_key=retained_key,
-        ),
+    result, retained_key = _apply_duplicate_policy(connection, node, received, existing, digest, blob_key)
+    arrivals.insert_duplicate_receipt(
+        connection,
+        {
+            "instance_id": existing.id,
+            "received_at": now,
+            "association_ref": received.association_ref,
+            "calling_ae_title": received.calling_ae_title,
+            "policy": node.ingest.duplicate_policy.value,
+            "outcome": _DUPLICATE_OUTCOMES[result].value,
+            "sha256": digest.sha256,
+            "size_bytes": digest.size_bytes,
+            "retained_blob_key": retained_key,
+        },
     )
-    reopened = study_repo.record_instance_arrival(session, study, now=now, new_instance=False)
+    reopened = arrivals.record_arrival(connection, study, now=now, new_instance=False)
     return IngestOutcome(result, existing.id, study.id, reopened)
 
 
@@ -213,7 +210,12 @@ _DUPLICATE_OUTCOMES = {
 
 
 def _apply_duplicate_policy(
-    node: Node, received: ReceivedInstance, existing: Instance, digest: BlobDigest, blob_key: str
+    connection: Connection,
+    node: Node,
+    received: ReceivedInstance,
+    existing: arrivals.StoredInstance,
+    digest: BlobDigest,
+    blob_key: str,
 ) -> tuple[IngestResult, str | None]:
     """Same bytes: nothing new. Different bytes: keep (retain the new aside) or replace (retain the old).
 
@@ -224,13 +226,16 @@ def _apply_duplicate_policy(
         return IngestResult.DUPLICATE_IDENTICAL, None
     if node.ingest.duplicate_policy is DuplicatePolicy.KEEP:
         return IngestResult.DUPLICATE_KEPT_EXISTING, blob_key
-    superseded = existing.blob_key
-    existing.blob_key = blob_key
-    existing.sha256 = digest.sha256
-    existing.size_bytes = digest.size_bytes
-    existing.transfer_syntax_uid = received.context.transfer_syntax_uid
-    existing.received_at = node.clock.now()
-    return IngestResult.DUPLICATE_REPLACED, superseded
+    arrivals.replace_instance_bytes(
+        connection,
+        existing.id,
+        blob_key=blob_key,
+        sha256=digest.sha256,
+        size_bytes=digest.size_bytes,
+        transfer_syntax_uid=received.context.transfer_syntax_uid,
+        now=node.clock.now(),
+    )
+    return IngestResult.DUPLICATE_REPLACED, existing.blob_key
 
 
 def _reject(

@@ -1,4 +1,4 @@
-"""storage.studies: idle completion with generations, re-opening, and a claim that races safely."""
+"""storage.studies and storage.arrivals: idle completion with generations, re-opening, and a claim that races safely."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.core.clock import ManualClock
+from storage import arrivals
 from storage import studies as study_repo
 from storage.db import make_engine, make_sessionmaker
 from storage.events import list_events
@@ -28,11 +29,12 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 def arrive(sessions: sessionmaker[Session], study_uid: str, now: datetime, *, new: bool = True) -> bool:
-    with sessions.begin() as session:
-        study = study_repo.lock_study(
-            session, original_study_instance_uid=study_uid, original_patient_id="PID", now=now
+    engine = sessions.kw["bind"]
+    with engine.begin() as connection:
+        study = arrivals.lock_study(
+            connection, original_study_instance_uid=study_uid, original_patient_id="PID", now=now
         )
-        return study_repo.record_instance_arrival(session, study, now=now, new_instance=new)
+        return arrivals.record_arrival(connection, study, now=now, new_instance=new)
 
 
 def sweep(sessions: sessionmaker[Session], now: datetime) -> list[str]:
