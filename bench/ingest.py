@@ -66,7 +66,7 @@ KNOWN_NODE_WARNINGS = ("calling_ae_allowlist_empty",)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
-ReceiverKind = Literal["storescp", "node"]
+ReceiverKind = Literal["storescp", "pynetdicom", "node"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -632,6 +632,8 @@ class Receiver:
     def stored(self) -> int:
         if self.kind == "storescp":
             return sum(1 for p in (self.workdir / "out").rglob("*") if p.is_file())
+        if self.kind == "pynetdicom":
+            return sum(1 for p in (self.workdir / "out").glob("*.dcm") if p.is_file())
         database = self.workdir / "data" / "dicom-node.db"
         last_error: Exception | None = None
         for _ in range(20):
@@ -685,6 +687,29 @@ def start_storescp(workdir: Path, *, fork: bool) -> Receiver:
         if proc.poll() is not None or time.monotonic() > deadline:
             receiver.stop()
             raise RunFailed(f"storescp did not listen on {port}: {receiver.stderr_text()[-500:]}")
+        time.sleep(0.01)
+    return receiver
+
+
+def start_pynetdicom_anchor(workdir: Path) -> Receiver:
+    out = workdir / "out"
+    out.mkdir(parents=True)
+    port = free_port()
+    stderr_path = workdir / "receiver.stderr"
+    stderr_file = stderr_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("pynetdicom_anchor.py")), str(out), str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=stderr_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    receiver = Receiver("pynetdicom", proc, port, NODE_AE, workdir, stderr_path, stderr_file)
+    deadline = time.monotonic() + 30
+    while not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            receiver.stop()
+            raise RunFailed(f"pynetdicom anchor did not listen: {receiver.stderr_text()[-500:]}")
         time.sleep(0.01)
     return receiver
 
@@ -927,6 +952,8 @@ def run_once(
     try:
         if case.kind == "storescp":
             receiver = start_storescp(workdir, fork=case.fork)
+        elif case.kind == "pynetdicom":
+            receiver = start_pynetdicom_anchor(workdir)
         else:
             receiver = start_node(
                 workdir, args.node_command, processes=case.processes, max_associations=args.max_associations
@@ -1032,6 +1059,10 @@ def ingest_cases(processes_label: str) -> list[Case]:
     return [
         Case("storescp", "DCMTK storescp", "storescp", 1),
         Case("storescp-fork", "DCMTK storescp --fork", "storescp", 4, fork=True),
+        Case("pynetdicom-a1", "pynetdicom anchor (chunked + fsync)", "pynetdicom", 1, baseline="storescp"),
+        Case(
+            "pynetdicom-a4", "pynetdicom anchor (chunked + fsync)", "pynetdicom", 4, baseline="storescp-fork"
+        ),
         Case(
             "node-p1-a1",
             "dicom-node SCP_PROCESSES=1",

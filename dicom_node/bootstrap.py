@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from dicom_node.core.clock import Clock, SystemClock
 from dicom_node.core.settings import Settings
 from dicom_node.dicom.validation import ValidationRules
+from dicom_node.net import reactor_wakeup
 from dicom_node.net.scp import ScpConfig
 from dicom_node.services.node import IngestPolicy, Node
 from storage import migrate
@@ -32,6 +33,9 @@ def configure_libraries(spool_dir: Path) -> None:
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     # Correlation ids bound in the accept path reach association threads.
     pynetdicom_config.PASS_CONTEXTVARS = True
+    # pynetdicom's reactors poll with 1 ms sleeps; wake them on work instead (see the module).
+    if not reactor_wakeup.install():
+        logger.warning("pynetdicom version not covered by reactor_wakeup", extra={"event": "wakeup_skipped"})
     # Our validation decides what is acceptable; pydicom must not warn with values in the text.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     # pynetdicom spools through tempfile: keep the spool on the store's filesystem so adopting a
