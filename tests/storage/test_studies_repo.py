@@ -1,4 +1,4 @@
-"""storage.studies and storage.arrivals: idle completion, generations, re-opening, a claim that races safely."""
+"""storage.studies and storage.arrivals: idle completion, generations, re-opening, a race-safe claim."""
 
 from __future__ import annotations
 
