@@ -8,6 +8,7 @@ receiver that dies, and on SIGTERM stops accepting, lets in-flight stores finish
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -29,16 +30,20 @@ from dicom_node.bootstrap import (
 from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings
 from dicom_node.net.scp import ScpServer, start_scp
+from dicom_node.services.recovery import quarantine_unreferenced_blobs
 from dicom_node.services.studies import run_completion_sweeper
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+    from pathlib import Path
     from types import FrameType
 
 logger = logging.getLogger(__name__)
 
 _READY_TIMEOUT_SECONDS = 60.0
 _MONITOR_SECONDS = 0.5
+# Files changed this long before the previous start are also checked: clocks and mtimes are coarse.
+_RECOVERY_SLACK_SECONDS = 60.0
 
 
 class StartupFailed(Exception):
@@ -49,6 +54,33 @@ class StartupFailed(Exception):
 class _Receiver:
     index: int
     process: BaseProcess
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold `run/node.lock` for the supervisor's life: one node per data directory, or none starts.
+
+    The kernel drops the lock when the process dies, however it dies.
+    """
+    run_dir = data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / "node.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise StartupFailed(f"another dicom-node is running on data directory {data_dir}") from exc
+    return fd
+
+
+def _previous_start(data_dir: Path) -> float:
+    """When the previous lifetime started (0 when unknown: then every file is checked); marks this one."""
+    marker = data_dir / "run" / "last-start"
+    try:
+        previous = marker.stat().st_mtime
+    except FileNotFoundError:
+        previous = 0.0
+    marker.touch()
+    return previous
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -123,6 +155,20 @@ class Supervisor:
         settings = self._settings
         configure_logging(settings.log_level)
         _install_stop_handlers(self._stop)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock_fd = _lock_data_dir(settings.data_dir)
+        except StartupFailed as exc:
+            logger.error("start-up failed", extra={"event": "startup_failed", "reason": "data_dir_locked"})
+            self._out.write(f"dicom-node: {exc}\n")
+            return 2
+        try:
+            return self._run_locked()
+        finally:
+            os.close(lock_fd)
+
+    def _run_locked(self) -> int:
+        settings = self._settings
         upgrade_database(settings)
         warn_about_open_defaults(settings)
         node = build_node(settings)
@@ -130,6 +176,8 @@ class Supervisor:
         purged = node.blobs.purge_spool(idle_seconds=2 * settings.network_timeout_seconds)
         if purged:
             logger.info("stale spool files removed", extra={"event": "spool_purged", "count": purged})
+        previous_start = _previous_start(settings.data_dir)
+        quarantine_unreferenced_blobs(node, modified_after=previous_start - _RECOVERY_SLACK_SECONDS)
         try:
             port = self._start_receivers(node)
         except StartupFailed as exc:

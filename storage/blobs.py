@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,8 @@ class BlobDigest:
 
 class BlobStore(Protocol):
     """Where instance bytes live; a file store now, an object store later."""
+
+    def iter_keys(self, namespace: str, *, modified_after: float) -> Iterator[str]: ...
 
     def adopt(self, source: Path, *, namespace: str) -> str: ...
 
@@ -94,6 +97,26 @@ class FileBlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+    def iter_keys(self, namespace: str, *, modified_after: float) -> Iterator[str]:
+        """Keys of the blobs in `namespace` whose file changed after `modified_after` (epoch seconds)."""
+        if namespace not in self.NAMESPACES:
+            raise ValueError(f"unknown blob namespace {namespace!r}")
+        for prefix in range(256):
+            directory = self.root / namespace / f"{prefix:02x}"
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                name, _, suffix = entry.name.partition(".")
+                if suffix != "dcm" or len(name) != 32:
+                    continue
+                try:
+                    if entry.is_file() and entry.stat().st_mtime > modified_after:
+                        yield f"{namespace}/{name}"
+                except FileNotFoundError:
+                    continue
 
     def adopt(self, source: Path, *, namespace: str) -> str:
         """Move an existing file into the store durably and return its key.

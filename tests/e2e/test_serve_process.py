@@ -28,6 +28,7 @@ from storage.blobs import FileBlobStore
 from storage.models import DuplicateReceipt, Event, Instance, Rejection, Study
 from tests.e2e.conftest import StartNode
 from tests.harness import datasets, dicom_tools
+from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
 
 CALLED_AE = "DICOM_NODE"
@@ -410,3 +411,35 @@ def test_serve_on_a_taken_port_exits_2_with_a_clear_error(
     assert f"cannot listen on 127.0.0.1:{dicom_port}" in node.stdout_text()
     assert "in use" in node.stdout_text().lower()
     assert [record["event"] for record in node.events("startup_failed")] == ["startup_failed"]
+
+
+# -- 6. one node per data directory, and recovery of what a crash left --------------------------
+
+
+def test_a_second_node_on_the_same_data_directory_exits_2(start_node: StartNode) -> None:
+    first = start_node()
+    second = start_node(dicom_port=free_port(), wait=False)
+    assert second.wait(timeout=30) == 2, second.stdout_text() + second.stderr_text()[-2000:]
+    assert "another dicom-node is running on data directory" in second.stdout_text()
+    assert dicom_tools.echoscu(first.port or 0).returncode == 0, "the first node keeps serving"
+
+
+def test_a_store_file_without_a_row_is_quarantined_at_the_next_start(
+    start_node: StartNode, db: sessionmaker[Session], data_dir: Path, tmp_path: Path
+) -> None:
+    sources = _write_study(tmp_path / "in", 3)
+    node = start_node()
+    assert dicom_tools.storescu(node.port or 0, list(sources.values())).returncode == 0
+    assert node.stop(timeout=30) == 0
+    # What a receiver killed between its rename into the store and its commit leaves behind.
+    orphan_bytes = next(iter(sources.values())).read_bytes()
+    orphan = FileBlobStore(data_dir).write_bytes(orphan_bytes, namespace="store")
+
+    start_node()
+    with db() as session:
+        rejections = session.scalars(select(Rejection)).all()
+    assert [r.codes for r in rejections] == ["store.unacknowledged_orphan"]
+    assert rejections[0].quarantine_key is not None
+    assert _blob_path(data_dir, rejections[0].quarantine_key).read_bytes() == orphan_bytes
+    assert not (data_dir / "store" / orphan[6:8] / f"{orphan[6:]}.dcm").exists()
+    _assert_durable(db, data_dir, sources, sources)

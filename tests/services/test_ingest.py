@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
@@ -38,29 +37,9 @@ from storage.models import (
 )
 from tests.conftest import make_settings
 from tests.harness import datasets
+from tests.harness.ingest import received
 
 T = TypeVar("T")
-
-
-def spool(node: Node, ds: Dataset) -> Path:
-    """A spool file as pynetdicom writes one, on the store's filesystem so adopt is a rename."""
-    return datasets.write(ds, node.blobs.tmp_dir / f"{uuid.uuid4().hex}.dcm")
-
-
-def received(node: Node, ds: Dataset, *, context: ReceiveContext | None = None) -> ReceivedInstance:
-    return ReceivedInstance(
-        path=spool(node, ds),
-        context=context
-        or ReceiveContext(
-            context_sop_class_uid=ds.SOPClassUID,
-            affected_sop_class_uid=ds.SOPClassUID,
-            affected_sop_instance_uid=ds.SOPInstanceUID,
-            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        ),
-        calling_ae_title="STORESCU",
-        called_ae_title="DICOM_NODE",
-        association_ref="assoc_test",
-    )
 
 
 def count(node: Node, model: type) -> int:

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from pathlib import Path
 
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node.core.clock import ManualClock
-from dicom_node.dicom.validation import ReceiveContext
-from dicom_node.services.ingest import IngestOutcome, ReceivedInstance, receive_instance
 from dicom_node.services.node import Node
 from dicom_node.services.studies import complete_idle_studies, run_completion_sweeper
 from storage.events import list_events
 from storage.models import Event, EventKind, Study, StudyStatus
 from tests.harness import datasets
+from tests.harness.ingest import receive
 from tests.harness.waiting import wait_until
-
-
-def receive(node: Node, ds: Dataset) -> IngestOutcome:
-    path = datasets.write(ds, node.blobs.tmp_dir / f"{uuid.uuid4().hex}.dcm")
-    return receive_instance(
-        node,
-        ReceivedInstance(
-            path=Path(path),
-            context=ReceiveContext(
-                context_sop_class_uid=ds.SOPClassUID,
-                affected_sop_class_uid=ds.SOPClassUID,
-                affected_sop_instance_uid=ds.SOPInstanceUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-            ),
-            calling_ae_title="STORESCU",
-            called_ae_title="DICOM_NODE",
-            association_ref=None,
-        ),
-    )
 
 
 def study(node: Node, study_id: str) -> Study:
