@@ -72,7 +72,7 @@ def upgrade_database(settings: Settings) -> None:
     migrate.upgrade(settings.resolved_database_url)
 
 
-def scp_config(settings: Settings, *, reuse_port: bool) -> ScpConfig:
+def scp_config(settings: Settings) -> ScpConfig:
     return ScpConfig(
         ae_title=settings.ae_title,
         host=settings.dicom_host,
@@ -83,7 +83,6 @@ def scp_config(settings: Settings, *, reuse_port: bool) -> ScpConfig:
         network_timeout_seconds=settings.network_timeout_seconds,
         dimse_timeout_seconds=settings.dimse_timeout_seconds,
         ssl_context=_ssl_context(settings),
-        reuse_port=reuse_port,
     )
 
 

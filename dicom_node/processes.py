@@ -1,8 +1,9 @@
-"""Process management for `serve` and `scp`: receiver processes sharing the DICOM port, and shutdown.
+"""Process management for `serve` and `scp`: receiver processes behind one DICOM port, and shutdown.
 
 pynetdicom is CPU-bound per process (GIL), so a burst from several modalities only uses every core
-when several receiver processes accept on the one port (SO_REUSEPORT). The supervisor restarts a
-receiver that dies, and on SIGTERM stops accepting, lets in-flight stores finish and exits 0.
+when several receiver processes share the work. The supervisor owns the listening socket and hands
+each connection to the least-busy receiver (net/handoff.py); it restarts a receiver that dies, and
+on SIGTERM stops accepting, lets in-flight stores finish and exits 0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dicom_node.bootstrap import (
 )
 from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings
+from dicom_node.net.handoff import Dispatcher, listen
 from dicom_node.net.scp import ScpServer, start_scp
 from dicom_node.services.recovery import quarantine_unreferenced_blobs
 from dicom_node.services.studies import run_completion_sweeper
@@ -91,23 +93,6 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, _handle)
 
 
-def _reserve_port(host: str, port: int) -> int:
-    """Fail fast when the port is taken (a stale node included), and resolve port 0 to a free port.
-
-    The probe binds without SO_REUSEPORT, so it fails if any socket already holds the port.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-        return int(probe.getsockname()[1])
-    except OSError as exc:
-        raise StartupFailed(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    finally:
-        probe.close()
-
-
 def _watch_supervisor(stop: threading.Event, supervisor_pid: int) -> None:
     """Drain and exit when the supervisor is gone (killed -9), so no orphan keeps the port."""
     while not stop.wait(_MONITOR_SECONDS):
@@ -115,8 +100,8 @@ def _watch_supervisor(stop: threading.Event, supervisor_pid: int) -> None:
             stop.set()
 
 
-def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int) -> None:
-    """Body of one receiver process: serve on the shared port until SIGTERM, then drain."""
+def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channel: socket.socket) -> None:
+    """Body of one receiver process: serve what the supervisor hands over until SIGTERM, then drain."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
@@ -128,7 +113,7 @@ def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int) -> Non
     node = build_node(settings)
     configure_libraries(node.blobs.tmp_dir)
     try:
-        server = start_scp(node, scp_config(settings, reuse_port=True))
+        server = start_scp(node, scp_config(settings), channel=channel)
     except OSError as exc:
         ready.put(("error", index, exc.strerror or type(exc).__name__))
         return
@@ -150,6 +135,7 @@ class Supervisor:
         self._ready: Any = self._context.Queue()
         self._receivers: list[_Receiver] = []
         self._local: ScpServer | None = None
+        self._dispatcher: Dispatcher | None = None
 
     def run(self) -> int:
         settings = self._settings
@@ -214,27 +200,38 @@ class Supervisor:
         settings = self._settings
         if settings.scp_processes == 1:
             try:
-                self._local = start_scp(node, scp_config(settings, reuse_port=False))
+                self._local = start_scp(node, scp_config(settings))
             except OSError as exc:
                 raise StartupFailed(
                     f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc.strerror}"
                 ) from exc
             return self._local.port
-        port = _reserve_port(settings.dicom_host, settings.dicom_port)
+        try:
+            listener = listen(settings.dicom_host, settings.dicom_port)
+        except OSError as exc:
+            raise StartupFailed(
+                f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc.strerror}"
+            ) from exc
+        self._dispatcher = Dispatcher(listener)
+        port = int(listener.getsockname()[1])
         self._settings = settings = settings.model_copy(update={"dicom_port": port})
         for index in range(settings.scp_processes):
             self._spawn(index)
         for _ in range(settings.scp_processes):
             self._await_ready()
+        threading.Thread(target=self._dispatcher.run, name="dicom-node-dispatch", daemon=True).start()
         return port
 
     def _spawn(self, index: int) -> None:
+        assert self._dispatcher is not None
+        channel = self._dispatcher.new_channel(index)
         process = self._context.Process(
             target=_receiver_main,
-            args=(self._settings.model_dump(), self._ready, index),
+            args=(self._settings.model_dump(), self._ready, index, channel),
             name=f"dicom-node-receiver-{index}",
         )
         process.start()
+        channel.close()  # the child has its own copy
         self._receivers.append(_Receiver(index=index, process=process))
 
     def _await_ready(self) -> None:
@@ -266,6 +263,8 @@ class Supervisor:
 
     def _stop_receivers(self) -> None:
         grace = self._settings.shutdown_grace_seconds
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         if self._local is not None:
             self._local.stop(grace)
         for receiver in self._receivers:
@@ -276,6 +275,8 @@ class Supervisor:
             if receiver.process.is_alive():
                 receiver.process.kill()
                 receiver.process.join(timeout=5)
+        if self._dispatcher is not None:
+            self._dispatcher.close()
 
 
 def run_receivers(settings: Settings, out: TextIO) -> int:

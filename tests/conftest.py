@@ -93,7 +93,7 @@ def node(settings: Settings, clock: ManualClock) -> Iterator[Node]:
 @pytest.fixture
 def scp(node: Node, settings: Settings) -> Iterator[ScpServer]:
     """The node's SCP in this process, on a free loopback port."""
-    server = start_scp(node, scp_config(settings, reuse_port=False))
+    server = start_scp(node, scp_config(settings))
     yield server
     server.stop(0)
 
@@ -111,7 +111,7 @@ def make_node(tmp_path: Path, database_url: str) -> Iterator[NodeMaker]:
         settings = make_settings(tmp_path / "var", database_url, **overrides)
         node = build_node(settings, clock=ManualClock())
         configure_libraries(node.blobs.tmp_dir)
-        server = start_scp(node, scp_config(settings, reuse_port=False))
+        server = start_scp(node, scp_config(settings))
         started.append((node, server))
         return node, server
 

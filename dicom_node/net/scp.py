@@ -30,6 +30,7 @@ from dicom_node.core import metrics
 from dicom_node.core.observability import assoc_id, bound, correlation_id, new_correlation_id
 from dicom_node.dicom.dimse_status import Status
 from dicom_node.dicom.validation import ReceiveContext
+from dicom_node.net.servers import HandedOffServer, ListeningServer
 from dicom_node.net.status import status_for_error
 from dicom_node.services import ingest
 
@@ -57,7 +58,6 @@ class ScpConfig:
     network_timeout_seconds: float
     dimse_timeout_seconds: float
     ssl_context: ssl.SSLContext | None = None
-    reuse_port: bool = False
 
 
 class _AssociationRefs:
@@ -170,14 +170,6 @@ def _on_rejected(event: Event) -> None:
         )
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """Several receiver processes share one port: the kernel spreads connections between them."""
-
-    def server_bind(self) -> None:
-        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 def _register_retired_storage_classes() -> None:
     """Give the retired storage SOP classes pynetdicom lists but does not route a Storage service.
 
@@ -214,6 +206,7 @@ class ScpServer:
         self._ae = ae
         self._server = server
         self.port: int = server.server_address[1]
+        self.stopping = threading.Event()
 
     @property
     def active_associations(self) -> int:
@@ -225,6 +218,7 @@ class ScpServer:
         An instance is acknowledged only after it is durable, so aborting loses nothing the sender
         was told is stored; the sender retries what was not acknowledged.
         """
+        self.stopping.set()
         self._server.shutdown()
         deadline = time.monotonic() + grace_seconds
         while self._server.active_associations and time.monotonic() < deadline:
@@ -234,7 +228,8 @@ class ScpServer:
         logger.info("scp stopped", extra={"event": "scp_stopped"})
 
 
-def start_scp(node: Node, config: ScpConfig) -> ScpServer:
+def start_scp(node: Node, config: ScpConfig, *, channel: socket.socket | None = None) -> ScpServer:
+    """Listen on `config`'s address, or, with `channel`, serve the connections a supervisor hands off."""
     ae = build_ae(config)
     handlers: list[tuple[Any, Callable[..., Any]] | tuple[Any, Callable[..., Any], list[Any]]] = [
         (evt.EVT_C_STORE, on_c_store, [node]),
@@ -245,13 +240,21 @@ def start_scp(node: Node, config: ScpConfig) -> ScpServer:
         (evt.EVT_ABORTED, _on_closed),
         (evt.EVT_REJECTED, _on_rejected),
     ]
+    server_class = ListeningServer if channel is None else HandedOffServer
     server = ae.make_server(
         (config.host, config.port),
         evt_handlers=handlers,
         ssl_context=config.ssl_context,
-        server_class=ReusePortServer if config.reuse_port else ThreadedAssociationServer,
+        server_class=server_class,
     )
+    if isinstance(server, HandedOffServer) and channel is not None:
+        server.adopt_channel(channel, config.port)
     ae._servers.append(server)
     thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp-accept", daemon=True)
     thread.start()
-    return ScpServer(ae, server)
+    scp = ScpServer(ae, server)
+    if isinstance(server, HandedOffServer):
+        threading.Thread(
+            target=server.report_load, args=(scp.stopping,), name="dicom-node-load-report", daemon=True
+        ).start()
+    return scp

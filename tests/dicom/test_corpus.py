@@ -315,7 +315,7 @@ def fresh_nodes(
         settings = make_settings(base / "var", url)
         node = build_node(settings, clock=ManualClock())
         configure_libraries(node.blobs.tmp_dir)  # spool into this node's data dir
-        server = start_scp(node, scp_config(settings, reuse_port=False))
+        server = start_scp(node, scp_config(settings))
         started.append((node, server))
         return node, server
 

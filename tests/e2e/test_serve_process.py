@@ -29,6 +29,7 @@ from storage.models import DuplicateReceipt, Event, Instance, Rejection, Study
 from tests.e2e.conftest import StartNode
 from tests.harness import datasets, dicom_tools
 from tests.harness.ports import free_port
+from tests.harness.tls import CALLING_AE, dcmtk_tls_args, make_pki
 from tests.harness.waiting import wait_until
 
 CALLED_AE = "DICOM_NODE"
@@ -330,7 +331,35 @@ def test_two_receiver_processes_take_eight_concurrent_associations(
     received = node.events("instance_received")
     assert len(received) == len(sources)
     assert {record["outcome"] for record in received} == {"stored"}
-    # Which receiver process logged each line cannot be told: the JSON logs carry no pid.
+    pids = {record["pid"] for record in received}
+    assert len(pids) == 2, "both receiver processes stored instances"
+    assert node.pid not in pids, "the supervisor only dispatches"
+
+
+def test_held_associations_are_spread_evenly_over_the_receivers(start_node: StartNode) -> None:
+    """Four associations held open at once: the dispatcher gives each of two receivers two.
+
+    With the kernel's SO_REUSEPORT hash, 3:1 or 4:0 splits happen in five runs out of eight.
+    """
+    node = start_node(scp_processes=2)
+    associations = []
+    ae = AE(ae_title="E2E_HOLD")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    try:
+        for _ in range(4):
+            assoc = ae.associate("127.0.0.1", node.port or 0, ae_title=CALLED_AE)
+            assert assoc.is_established
+            associations.append(assoc)
+        wait_until(
+            lambda: len(node.events("association_established")) == 4, timeout=30, what="4 associations"
+        )
+    finally:
+        for assoc in associations:
+            assoc.release()
+    by_pid: dict[int, int] = {}
+    for record in node.events("association_established"):
+        by_pid[record["pid"]] = by_pid.get(record["pid"], 0) + 1
+    assert sorted(by_pid.values()) == [2, 2], by_pid
 
 
 # -- 4. study completion is driven by the database, so it survives a restart --------------------
@@ -443,3 +472,39 @@ def test_a_store_file_without_a_row_is_quarantined_at_the_next_start(
     assert _blob_path(data_dir, rejections[0].quarantine_key).read_bytes() == orphan_bytes
     assert not (data_dir / "store" / orphan[6:8] / f"{orphan[6:]}.dcm").exists()
     _assert_durable(db, data_dir, sources, sources)
+
+
+# -- 7. DICOM TLS through the supervisor's hand-off ----------------------------------------------
+
+
+def test_tls_through_two_receiver_processes_with_a_silent_peer_connected(
+    start_node: StartNode, db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The handshake runs in each receiver's connection thread, after the supervisor handed it off."""
+    pki = make_pki(tmp_path / "pki")
+    sources = _write_study(tmp_path / "in", 4)
+    node = start_node(
+        scp_processes=2,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_ca_file=pki.ca_cert,
+    )
+    port = node.port or 0
+    # One silent peer per receiver (the dispatcher spreads them): with the handshake in the accept
+    # loop, as pynetdicom does it, neither receiver would take another connection.
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        for _ in range(2):
+            store = dicom_tools.run_tool(
+                "storescu",
+                ["-aet", CALLING_AE, "-aec", CALLED_AE, *dcmtk_tls_args(pki), "127.0.0.1", str(port),
+                 *map(str, sources.values())],
+                timeout=60,
+            )  # fmt: skip
+            assert store.returncode == 0, store.stderr
+        plain = dicom_tools.echoscu(port, timeout=15)
+        assert plain.returncode != 0, "plain TCP must not get an association on the TLS port"
+    finally:
+        for peer in silent:
+            peer.close()
+    assert set(_instances(db)) == set(sources)
