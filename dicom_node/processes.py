@@ -85,12 +85,33 @@ def _previous_start(data_dir: Path) -> float:
     return previous
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
-    def _handle(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+class _StopRequest:
+    """What a SIGTERM/SIGINT handler records: one attribute, no lock.
 
-    signal.signal(signal.SIGTERM, _handle)
-    signal.signal(signal.SIGINT, _handle)
+    A handler that calls `Event.set()` takes the event's lock; a second signal arriving while the
+    first handler holds it (a process-group SIGTERM followed by the supervisor's own, say) runs the
+    handler again on the same thread, which then waits for that lock forever. The loops that watch
+    for a stop poll this flag and set their Event themselves, outside signal context.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait up to `seconds` for a stop from either source; True once one was asked for."""
+        if not self.requested:
+            stop.wait(seconds)
+        if self.requested:
+            stop.set()
+        return stop.is_set()
+
+
+def _install_stop_handlers(request: _StopRequest, signals: tuple[signal.Signals, ...]) -> None:
+    for signum in signals:
+        signal.signal(signum, request.handle)
 
 
 def _watch_supervisor(stop: threading.Event, supervisor_pid: int) -> None:
@@ -103,7 +124,8 @@ def _watch_supervisor(stop: threading.Event, supervisor_pid: int) -> None:
 def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channel: socket.socket) -> None:
     """Body of one receiver process: serve what the supervisor hands over until SIGTERM, then drain."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    request = _StopRequest()
+    _install_stop_handlers(request, (signal.SIGTERM,))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
     threading.Thread(
         target=_watch_supervisor, args=(stop, os.getppid()), name="supervisor-watch", daemon=True
@@ -118,7 +140,7 @@ def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channe
         ready.put(("error", index, exc.strerror or type(exc).__name__))
         return
     ready.put(("ready", index, server.port))
-    while not stop.wait(1.0):
+    while not request.wait(stop, _MONITOR_SECONDS):
         pass
     server.stop(settings.shutdown_grace_seconds)
     node.engine.dispose()
@@ -131,6 +153,7 @@ class Supervisor:
         self._settings = settings
         self._out = out
         self._stop = threading.Event()
+        self._stop_request = _StopRequest()
         self._context = multiprocessing.get_context("spawn")
         self._ready: Any = self._context.Queue()
         self._receivers: list[_Receiver] = []
@@ -140,7 +163,7 @@ class Supervisor:
     def run(self) -> int:
         settings = self._settings
         configure_logging(settings.log_level)
-        _install_stop_handlers(self._stop)
+        _install_stop_handlers(self._stop_request, (signal.SIGTERM, signal.SIGINT))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             lock_fd = _lock_data_dir(settings.data_dir)
@@ -187,7 +210,7 @@ class Supervisor:
             daemon=True,
         )
         sweeper.start()
-        while not self._stop.wait(_MONITOR_SECONDS):
+        while not self._stop_request.wait(self._stop, _MONITOR_SECONDS):
             self._restart_dead_receivers(port)
         logger.info("node stopping", extra={"event": "node_stopping"})
         self._stop_receivers()
