@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps run test lint typecheck bench clean
+.PHONY: install system-deps run test lint typecheck bench bench-ingest bench-deid clean
 
 install: $(STAMP) system-deps
 
@@ -29,8 +29,13 @@ lint: $(STAMP)
 test: install lint
 	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-report=xml:coverage.xml
 
-bench: install
+bench: bench-ingest bench-deid
+
+bench-ingest: install
 	$(BIN)/python bench/ingest.py
+
+bench-deid: install
+	$(BIN)/python bench/deid.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage* coverage.xml

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 import tempfile
+import warnings
 from pathlib import Path
 
 from pydicom import config as pydicom_config
@@ -13,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from dicom_node.core.clock import Clock, SystemClock
 from dicom_node.core.settings import Settings
+from dicom_node.dicom.deid_keys import SECRET_BYTES, DeidKeys, DeidSecretInvalid, load_or_create_secret
 from dicom_node.dicom.validation import ValidationRules
 from dicom_node.net import reactor_wakeup
 from dicom_node.net.scp import ScpConfig
@@ -42,6 +44,32 @@ def configure_libraries(spool_dir: Path) -> None:
     # received file is a rename, not a copy.
     spool_dir.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(spool_dir)
+
+
+def configure_file_tools() -> None:
+    """pydicom quiet for tools that read the user's files: its warnings can quote values (PHI)."""
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
+def deid_keys(settings: Settings, *, secret_file: Path | None = None) -> DeidKeys:
+    """The de-identification keys: from `secret_file`, else `DEID_SECRET` (64 hex digits).
+
+    Never creates a secret: a tool run against the wrong one would silently make new pseudonyms.
+    """
+    if secret_file is not None:
+        if not secret_file.is_file():
+            raise DeidSecretInvalid("The secret file does not exist.")
+        return DeidKeys.from_secret(load_or_create_secret(secret_file))
+    if settings.deid_secret is None:
+        raise DeidSecretInvalid("No de-identification secret: use --secret-file or DICOM_NODE_DEID_SECRET.")
+    try:
+        secret = bytes.fromhex(settings.deid_secret.get_secret_value())
+    except ValueError as exc:
+        raise DeidSecretInvalid("DICOM_NODE_DEID_SECRET must be 64 hexadecimal digits.") from exc
+    if len(secret) != SECRET_BYTES:
+        raise DeidSecretInvalid("DICOM_NODE_DEID_SECRET must be 64 hexadecimal digits.")
+    return DeidKeys.from_secret(secret)
 
 
 def build_node(settings: Settings, *, clock: Clock | None = None) -> Node:

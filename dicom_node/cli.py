@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from dicom_node.bootstrap import build_node, upgrade_database
+from dicom_node.bootstrap import build_node, configure_file_tools, deid_keys, upgrade_database
 from dicom_node.core.errors import DicomNodeError
 from dicom_node.core.settings import Settings, load_settings, parse_ae_title
+from dicom_node.dicom.deid import DeidPolicy
 from dicom_node.processes import run_receivers
+from dicom_node.services import deid_files
 from dicom_node.services import peers as peer_service
 from storage import migrate
 
@@ -54,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_parser("list", help="list remote AEs")
     remove = peer.add_parser("remove", help="remove a remote AE")
     remove.add_argument("ae_title", type=_ae_title)
+
+    deid = commands.add_parser(
+        "deidentify",
+        help="de-identify a DICOM file or directory tree into OUT (same relative tree)",
+        description="De-identify with the node's engine (PS3.15 Basic Profile, keyed and deterministic). "
+        "The secret comes from --secret-file or DICOM_NODE_DEID_SECRET (64 hex digits). File and "
+        "directory names are kept as they are: rename inputs named after patients first.",
+    )
+    deid.add_argument("input", type=Path, metavar="IN")
+    deid.add_argument("output", type=Path, metavar="OUT")
+    deid.add_argument("--secret-file", type=Path, help="32-byte secret file, mode 0600 (as the node writes)")
+    deid.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    deid.add_argument("--issuer", default="DICOM_NODE", help="issuer of patient IDs for files that name none")
     return parser
 
 
@@ -93,6 +109,25 @@ def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_deidentify(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """One line per file (`ok IN OUT` or `failed IN CODE`), a summary, exit 1 when any file failed."""
+    keys = deid_keys(settings, secret_file=args.secret_file)
+    policy = DeidPolicy(default_issuer=args.issuer, node_ae_title=settings.ae_title)
+    configure_file_tools()
+    done = failed = 0
+    for outcome in deid_files.deidentify_tree(
+        args.input, args.output, policy, keys, jobs=max(1, args.jobs), initializer=configure_file_tools
+    ):
+        if outcome.ok:
+            done += 1
+            out.write(f"ok\t{outcome.source}\t{outcome.target}\n")
+        else:
+            failed += 1
+            out.write(f"failed\t{outcome.source}\t{outcome.code}\n")
+    out.write(f"de-identified {done}, failed {failed} (key {keys.key_id})\n")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
@@ -102,6 +137,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return run_receivers(settings, out)
         if args.command == "db":
             return _run_db(settings, args, out)
+        if args.command == "deidentify":
+            return _run_deidentify(settings, args, out)
         return _run_peer(settings, args, out)
     except DicomNodeError as exc:
         sys.stderr.write(f"dicom-node: {exc.message} [{exc.code}]\n")

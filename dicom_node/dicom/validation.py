@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # PS3.5 9.1: components of digits, no leading zero, separated by dots, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -122,6 +122,42 @@ class ParsedInstance:
     file_size: int
     path: Path
     transfer_syntax_uid: str
+
+
+class TruncatedInstance(UnreadableInstance):
+    """The file ends before the data set it announces does."""
+
+    code = Code.TRUNCATED
+
+
+def read_file(path: Path) -> Dataset:
+    """A DICOM file at rest, whole (bulk values deferred, read on access), refused when cut short.
+
+    For tools that read files from disk (`dicom-node deidentify`): the transfer syntax comes from
+    the file's own meta information rather than from an association.
+    """
+    try:
+        header = dcmread(path, defer_size=_DEFER_SIZE)
+        transfer_syntax = str(header.file_meta.get("TransferSyntaxUID") or ImplicitVRLittleEndian)
+        parsed = ParsedInstance(header, path.stat().st_size, path, transfer_syntax)
+        truncated = _is_truncated(parsed)
+    except (
+        InvalidDicomError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        IndexError,
+        NotImplementedError,
+        OverflowError,
+        AttributeError,
+        zlib.error,
+    ) as exc:
+        raise UnreadableInstance() from exc
+    if truncated:
+        raise TruncatedInstance()
+    return header
 
 
 def read_instance(path: Path, *, transfer_syntax_uid: str) -> ParsedInstance:

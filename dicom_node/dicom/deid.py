@@ -1,0 +1,398 @@
+"""De-identification of one instance (DEID.md 4.2 to 4.6): a pure function from a data set to a new one.
+
+The input is never changed; the output carries keyed pseudonyms only and records what was done (PS3.15
+E.1.1, PS3.3 C.12.1.1.7); an instance we cannot vouch for is rejected with a stable reason code.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from dicom_node.core.errors import DicomNodeError
+from dicom_node.dicom.deid_allowlists import REGISTERED_UIDS
+from dicom_node.dicom.deid_pixels import NOT_AT_RISK, REASON_MALFORMED, pixel_bytes_risk, pixel_risk
+from dicom_node.dicom.deid_rules import Option
+from dicom_node.dicom.deid_table import BASE_EDITION, BASE_SOURCE, SOURCE_SHA256, TOPUP_EDITION
+from dicom_node.dicom.deid_tokens import identifying_tokens
+from dicom_node.dicom.deid_values import age_between, cap_age
+from dicom_node.dicom.deid_walk import Walk
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pydicom.sr.coding import Code
+
+    from dicom_node.dicom.deid_keys import DeidKeys
+
+CLAIMED_OPTIONS: Final = frozenset(
+    {Option.RETAIN_LONGITUDINAL_MODIFIED_DATES, Option.RETAIN_PATIENT_CHARACTERISTICS}
+)
+# The options this engine implements; any other is refused up front rather than silently not applied.
+SUPPORTED_OPTIONS: Final = CLAIMED_OPTIONS
+# CID 7050 codes of the options (PS3.16).
+OPTION_CODES: Final[Mapping[Option, Code]] = MappingProxyType(
+    {
+        Option.RETAIN_LONGITUDINAL_MODIFIED_DATES: (
+            codes.cid7050.RetainLongitudinalTemporalInformationModifiedDatesOption
+        ),
+        Option.RETAIN_PATIENT_CHARACTERISTICS: codes.cid7050.RetainPatientCharacteristicsOption,
+    }
+)
+# Our Implementation Class UID (PS3.7 D.3.3.2): a 2.25 UID (PS3.5 B.2) derived from a fixed name.
+IMPLEMENTATION_CLASS_UID: Final = (
+    f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'urn:dicom-node:implementation').int}"
+)
+_AE_TITLE: Final = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+_ISSUER: Final = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeidPolicy:
+    """The switches of one de-identification: options in force and the node's own names."""
+
+    options: frozenset[Option] = CLAIMED_OPTIONS
+    default_issuer: str = "DICOM_NODE"
+    node_ae_title: str = "DICOM_NODE"
+    max_age_years: int = 90
+
+    def __post_init__(self) -> None:
+        unsupported = set(self.options) - SUPPORTED_OPTIONS
+        if unsupported:
+            raise ValueError(f"options not implemented: {sorted(option.value for option in unsupported)}")
+        if _ISSUER.fullmatch(self.default_issuer) is None or not self.default_issuer.strip():
+            raise ValueError("default_issuer must be 1 to 64 ASCII characters")
+        if _AE_TITLE.fullmatch(self.node_ae_title) is None or not self.node_ae_title.strip():
+            raise ValueError("node_ae_title must be 1 to 16 ASCII characters")
+        if not 1 <= self.max_age_years <= 999:
+            raise ValueError("max_age_years must be between 1 and 999")
+
+
+class DeidRejected(DicomNodeError):
+    """The instance cannot be de-identified and was not passed on."""
+
+    code = "deid.rejected"
+
+    def __init__(self, code: str) -> None:
+        super().__init__()
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Pseudonym:
+    """One mapping made, for the PHI-side pseudonym map."""
+
+    kind: str
+    pseudo: str
+    original: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeidReport:
+    """What was done to one instance; holds no value from the data set except filtered creator names."""
+
+    actions: Mapping[str, int]
+    private_creators_removed: tuple[str, ...]
+    pixel_decision: str
+    options_applied: tuple[Option, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeidResult:
+    """The de-identified copy, every pseudonym made for it, and the report."""
+
+    dataset: Dataset
+    pseudonyms: tuple[Pseudonym, ...]
+    report: DeidReport
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """The original identity values the fixed-value step needs, read once from the copy."""
+
+    issuer: str
+    patient_id: str
+    accession: str | None
+    study_id: str | None
+    birth_date: str | None
+    age: str | None
+    study_date: str | None
+
+
+def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidResult:
+    """A de-identified copy of `ds`; raises DeidRejected when it cannot be made safe."""
+    # Reading pydicom elements converts them in place, so even the checks run on a private copy.
+    work = copy.deepcopy(ds)
+    if _already_deidentified(work):
+        raise DeidRejected("deid.already_deidentified")
+    decision = pixel_risk(work)
+    if decision != NOT_AT_RISK:
+        raise DeidRejected(decision)
+    tokens = identifying_tokens(work)
+    decision = pixel_bytes_risk(work, _transfer_syntax(work), tokens)
+    if decision != NOT_AT_RISK:
+        raise DeidRejected(decision)
+    identity = _identity(work, policy)
+    options = tuple(option for option in Option if option in policy.options)
+    shift_days = (
+        keys.date_shift_days(identity.issuer, identity.patient_id)
+        if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in policy.options
+        else None
+    )
+    walk = Walk(options=policy.options, keys=keys, shift_days=shift_days, tokens=tokens)
+    body = walk.item(work, 0)
+    if walk.malformed_required:
+        raise DeidRejected(REASON_MALFORMED)
+    pseudonyms = _write_identity(body, identity, policy, keys, walk)
+    _record(body, options, keys, walk)
+    body.file_meta = _file_meta(work, body, policy, walk)
+    for original, pseudo in walk.uids.items():
+        pseudonyms.append(Pseudonym(kind="uid", pseudo=pseudo, original=original))
+    report = DeidReport(
+        actions=MappingProxyType(dict(sorted(walk.counts.items()))),
+        private_creators_removed=_reportable_creators(walk.private_creators, walk.tokens),
+        pixel_decision=decision,
+        options_applied=options,
+    )
+    return DeidResult(dataset=body, pseudonyms=_unique(pseudonyms), report=report)
+
+
+def _already_deidentified(ds: Dataset) -> bool:
+    """Our own output coming back (DEID.md 4.3 idempotence): never de-identified twice."""
+    try:
+        removed = ds.get("PatientIdentityRemoved")
+        method = ds.get("DeidentificationMethod")
+    except Exception:
+        return False
+    if str(removed or "").strip().upper() != "YES" or not method:
+        return False
+    first = method if isinstance(method, str) else next(iter(method), "")
+    return str(first).strip().startswith("dicom-node")
+
+
+def _string(ds: Dataset, keyword: str) -> str | None:
+    """One string value of a top-level element, None when absent; raises DeidRejected when unreadable."""
+    if keyword not in ds:
+        return None
+    try:
+        value = ds[keyword].value
+    except Exception as exc:
+        raise DeidRejected(REASON_MALFORMED) from exc
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray) or not isinstance(value, str):
+        raise DeidRejected(REASON_MALFORMED)
+    return value.strip()
+
+
+def _identity(ds: Dataset, policy: DeidPolicy) -> _Identity:
+    issuer = _string(ds, "IssuerOfPatientID") or policy.default_issuer
+    return _Identity(
+        issuer=issuer,
+        patient_id=_string(ds, "PatientID") or "",
+        accession=_string(ds, "AccessionNumber"),
+        study_id=_string(ds, "StudyID"),
+        birth_date=_optional_string(ds, "PatientBirthDate"),
+        age=_optional_string(ds, "PatientAge"),
+        study_date=_optional_string(ds, "StudyDate"),
+    )
+
+
+def _optional_string(ds: Dataset, keyword: str) -> str | None:
+    """Like _string, but an unreadable value only loses what would be derived from it."""
+    try:
+        return _string(ds, keyword)
+    except DeidRejected:
+        return None
+
+
+def _write_identity(
+    body: Dataset, identity: _Identity, policy: DeidPolicy, keys: DeidKeys, walk: Walk
+) -> list[Pseudonym]:
+    """DEID.md 4.2 rule 6: the fixed identity values, all ASCII, all keyed."""
+    pseudonyms: list[Pseudonym] = []
+    pid = keys.patient_pseudonym(identity.issuer, identity.patient_id)
+    pseudonyms.append(Pseudonym(kind="patient_id", pseudo=pid, original=identity.patient_id))
+    body.PatientName = f"ANON^{pid}"
+    body.PatientID = pid
+    body.IssuerOfPatientID = policy.default_issuer
+    body.PatientBirthDate = ""
+    walk.counts["D"] += 2
+    walk.counts["Z"] += 1
+    if identity.accession is not None:
+        if identity.accession:
+            accession = keys.accession(identity.issuer, identity.accession)
+            pseudonyms.append(Pseudonym(kind="accession", pseudo=accession, original=identity.accession))
+            body.AccessionNumber = accession
+        else:
+            body.AccessionNumber = ""
+    if identity.study_id is not None:
+        if identity.study_id:
+            study_id = keys.study_id(identity.issuer, identity.study_id)
+            pseudonyms.append(Pseudonym(kind="study_id", pseudo=study_id, original=identity.study_id))
+            body.StudyID = study_id
+        else:
+            body.StudyID = ""
+    if Option.RETAIN_PATIENT_CHARACTERISTICS in policy.options:
+        age = _age(identity, policy.max_age_years)
+        if age is not None:
+            body.PatientAge = age
+            walk.counts["K"] += 1
+    return pseudonyms
+
+
+def _age(identity: _Identity, max_years: int) -> str | None:
+    """Patient's Age kept and capped, or computed from the original dates before the birth date goes."""
+    try:
+        if identity.age:
+            return cap_age(identity.age, max_years)
+        if identity.birth_date and identity.study_date:
+            return age_between(identity.birth_date, identity.study_date, max_years)
+    except ValueError:
+        return None
+    return None
+
+
+@cache
+def _version() -> str:
+    try:
+        return metadata.version("dicom-node")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def method_description(options: tuple[Option, ...], keys: DeidKeys) -> list[str]:
+    """De-identification Method as LO values (each at most 64 characters): engine, table, options, key."""
+    table_hash = SOURCE_SHA256[BASE_SOURCE][:12]
+    option_codes = ",".join(OPTION_CODES[option].value for option in options) or "none"
+    return [
+        f"dicom-node {_version()}",
+        f"PS3.15 Annex E (table {BASE_EDITION}+{TOPUP_EDITION}, sha256:{table_hash})",
+        f"options: {option_codes}",
+        f"key:{keys.key_id}",
+    ]
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _record(body: Dataset, options: tuple[Option, ...], keys: DeidKeys, walk: Walk) -> None:
+    """PS3.15 E.1.1 and DEID.md 4.6: what was done, on the instance itself."""
+    body.PatientIdentityRemoved = "YES"
+    body.DeidentificationMethod = method_description(options, keys)
+    body.DeidentificationMethodCodeSequence = Sequence(
+        [_code_item(codes.cid7050.BasicApplicationConfidentialityProfile)]
+        + [_code_item(OPTION_CODES[option]) for option in options]
+    )
+    shifted = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
+    body.LongitudinalTemporalInformationModified = "MODIFIED" if shifted else "REMOVED"
+    equipment = Dataset()
+    equipment.Manufacturer = "dicom-node"
+    equipment.SoftwareVersions = _version()
+    equipment.PurposeOfReferenceCodeSequence = Sequence([_code_item(codes.DCM.DeIdentifyingEquipment)])
+    contributed_at = _contribution_datetime(body) if shifted else None
+    if contributed_at is not None:
+        equipment.ContributionDateTime = contributed_at
+    existing = list(body.ContributingEquipmentSequence) if "ContributingEquipmentSequence" in body else []
+    body.ContributingEquipmentSequence = Sequence([*existing, equipment])
+
+
+def _contribution_datetime(body: Dataset) -> str | None:
+    """The shifted study date and time: a stable stand-in for "now" that keeps the output deterministic."""
+    study_date = str(body.get("StudyDate") or "").strip()
+    if re.fullmatch(r"\d{8}", study_date) is None:
+        return None
+    study_time = str(body.get("StudyTime") or "").strip()
+    if re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", study_time) is None:
+        study_time = ""
+    return study_date + study_time
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(meta, "TransferSyntaxUID", "") or "").rstrip("\0 ")
+
+
+def _file_meta(original: Dataset, body: Dataset, policy: DeidPolicy, walk: Walk) -> FileMetaDataset:
+    """DEID.md 4.2 rule 1: a new File Meta Information group, named after the node, not the sender."""
+    source = getattr(original, "file_meta", None)
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    # The body's UIDs are already remapped (unless registered); the sender's meta values still need it.
+    sop_class = str(body.get("SOPClassUID") or "")
+    if not sop_class and source is not None and "MediaStorageSOPClassUID" in source:
+        sop_class = walk.remap_uid(str(source.MediaStorageSOPClassUID))
+    if sop_class:
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+    sop_instance = str(body.get("SOPInstanceUID") or "")
+    if not sop_instance and source is not None and "MediaStorageSOPInstanceUID" in source:
+        sop_instance = walk.remap_uid(str(source.MediaStorageSOPInstanceUID))
+    if sop_instance:
+        meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    transfer_syntax = str(getattr(source, "TransferSyntaxUID", "") or "").rstrip("\0 ")
+    if not transfer_syntax:
+        if _looks_encapsulated(body):
+            raise DeidRejected(REASON_MALFORMED)
+        transfer_syntax = str(ExplicitVRLittleEndian)
+    elif transfer_syntax not in REGISTERED_UIDS:
+        # A private transfer syntax: we cannot tell what the pixel bytes hold.
+        raise DeidRejected(REASON_MALFORMED)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = f"DICOM_NODE_{_version()}"[:16]
+    meta.SourceApplicationEntityTitle = policy.node_ae_title
+    for keyword in ("SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle"):
+        if source is not None and keyword in source:
+            setattr(meta, keyword, policy.node_ae_title)
+    return meta
+
+
+def _looks_encapsulated(body: Dataset) -> bool:
+    element = body.get((0x7FE0, 0x0010))
+    value = getattr(element, "value", None)
+    return isinstance(value, bytes) and value[:4] == b"\xfe\xff\x00\xe0"
+
+
+_CREATOR: Final = re.compile(r"[A-Za-z][A-Za-z0-9 _.\-]{0,63}")
+
+
+def _reportable_creators(creators: list[str], tokens: frozenset[str]) -> tuple[str, ...]:
+    """Private creator names for the report, through a filter: vendor-like names only, nothing identifying."""
+    reported: list[str] = []
+    for creator in creators:
+        folded = creator.casefold()
+        safe = (
+            _CREATOR.fullmatch(creator) is not None
+            and re.search(r"\d{5,}", creator) is None
+            and not any(token in folded for token in tokens)
+        )
+        name = creator if safe else "<redacted>"
+        if name not in reported:
+            reported.append(name)
+    return tuple(reported)
+
+
+def _unique(pseudonyms: list[Pseudonym]) -> tuple[Pseudonym, ...]:
+    seen: set[Pseudonym] = set()
+    unique: list[Pseudonym] = []
+    for pseudonym in pseudonyms:
+        if pseudonym not in seen:
+            seen.add(pseudonym)
+            unique.append(pseudonym)
+    return tuple(unique)

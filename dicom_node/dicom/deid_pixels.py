@@ -1,0 +1,175 @@
+"""Whether an instance's pixels may carry burned-in identity (DEID.md 4.4 steps 1 and 2).
+
+This slice cleans no pixels: an at-risk instance is rejected, so the pixel data of every instance that passes
+is copied byte for byte. The decision never decodes compressed pixel data.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from dicom_node.dicom.deid_tokens import MIN_PIXEL_TOKEN, bytes_contain
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+NOT_AT_RISK: Final = "not_at_risk"
+REASON_BURNED_IN: Final = "deid.burned_in_uncleaned"
+REASON_ENCAPSULATED: Final = "deid.encapsulated_document"
+REASON_MALFORMED: Final = "deid.malformed_required"
+
+_STORAGE: Final = "1.2.840.10008.5.1.4.1.1."
+# PS3.4 B.5: Encapsulated PDF, CDA, STL, OBJ and MTL Storage; documents are not inference inputs.
+ENCAPSULATED_DOCUMENT_CLASSES: Final = frozenset(
+    _STORAGE + suffix for suffix in ("104.1", "104.2", "104.3", "104.4", "104.5")
+)
+# PS3.4 B.5: classes whose pixels routinely carry text (DEID.md 4.4 step 1): US, SC, XA/XRF, VL, video.
+AT_RISK_CLASSES: Final = frozenset(
+    _STORAGE + suffix
+    for suffix in (
+        "3",  # Ultrasound Multi-frame (retired)
+        "3.1",  # Ultrasound Multi-frame
+        "6",  # Ultrasound (retired)
+        "6.1",  # Ultrasound
+        "6.2",  # Enhanced US Volume
+        "7",  # Secondary Capture
+        "7.1",
+        "7.2",
+        "7.3",
+        "7.4",  # Multi-frame Secondary Capture
+        "12.1",  # X-Ray Angiographic
+        "12.1.1",  # Enhanced XA
+        "12.2",  # X-Ray Radiofluoroscopic
+        "12.2.1",  # Enhanced XRF
+        "12.3",  # X-Ray Angiographic Bi-Plane (retired)
+        "77.1.1",  # VL Endoscopic
+        "77.1.1.1",  # Video Endoscopic
+        "77.1.2",  # VL Microscopic
+        "77.1.2.1",  # Video Microscopic
+        "77.1.3",  # VL Slide-Coordinates Microscopic
+        "77.1.4",  # VL Photographic
+        "77.1.4.1",  # Video Photographic
+        "77.1.5.1",  # Ophthalmic Photography 8 Bit
+        "77.1.5.2",  # Ophthalmic Photography 16 Bit
+        "77.1.5.5",  # Wide Field Ophthalmic Photography Stereographic
+        "77.1.5.6",  # Wide Field Ophthalmic Photography 3D
+        "77.1.6",  # VL Whole Slide Microscopy (slide labels)
+        "77.1.7",  # Dermoscopic Photography
+        "77.1.8",  # Confocal Microscopy
+        "77.1.9",  # Confocal Microscopy Tiled Pyramidal
+    )
+)
+AT_RISK_MODALITIES: Final = frozenset(
+    {"US", "SC", "OT", "XC", "ES", "DOC", "GM", "SM", "XA", "RF", "IVUS", "OP"}
+)
+# CTP's heuristic for screen captures and dose sheets (DEID.md 4.4 step 1).
+_AT_RISK_DESCRIPTION: Final = re.compile(r"SAVE|SCREEN|DOSE|REPORT", re.IGNORECASE)
+_PIXEL_TAGS: Final = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_OVERLAY_BITS_ALLOCATED: Final = 0x0100
+
+
+def _text(ds: Dataset, keyword: str) -> list[str]:
+    """The values of a string element as a list; raises when the element is present but undecodable."""
+    if keyword not in ds:
+        return []
+    value = ds[keyword].value
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        return [str(value).strip()]
+    return [str(item).strip() for item in value]
+
+
+def pixel_risk(ds: Dataset) -> str:
+    """NOT_AT_RISK, or the reason code the instance is rejected with."""
+    try:
+        sop_class = "".join(_text(ds, "SOPClassUID")).rstrip("\0 ")
+        if sop_class in ENCAPSULATED_DOCUMENT_CLASSES or "EncapsulatedDocument" in ds:
+            return REASON_ENCAPSULATED
+        has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
+        if not has_pixels:
+            return NOT_AT_RISK
+        if not sop_class:
+            # Without its class we cannot tell what the pixels are.
+            return REASON_MALFORMED
+        if sop_class in AT_RISK_CLASSES:
+            return REASON_BURNED_IN
+        if any(value.upper() == "YES" for value in _text(ds, "BurnedInAnnotation")):
+            return REASON_BURNED_IN
+        if any(value.upper() in AT_RISK_MODALITIES for value in _text(ds, "Modality")):
+            return REASON_BURNED_IN
+        image_type = [value.upper() for value in _text(ds, "ImageType")]
+        if "SECONDARY" in image_type or any("SCREEN SAVE" in value for value in image_type):
+            return REASON_BURNED_IN
+        if any(_AT_RISK_DESCRIPTION.search(value) for value in _text(ds, "SeriesDescription")):
+            return REASON_BURNED_IN
+        if _overlay_in_pixel_bits(ds):
+            return REASON_BURNED_IN
+    except Exception:
+        # An element the decision needs could not be read: we cannot vouch for the pixels.
+        return REASON_MALFORMED
+    return NOT_AT_RISK
+
+
+def _overlay_in_pixel_bits(ds: Dataset) -> bool:
+    """Whether a 60xx group puts its overlay in the pixel data's unused bits (PS3.3 C.9.2, retired)."""
+    for group in range(0x6000, 0x6020, 2):
+        tag = (group << 16) | _OVERLAY_BITS_ALLOCATED
+        if tag in ds:
+            value = ds[tag].value
+            if value is None or value == b"" or value == []:
+                continue
+            bits = value if isinstance(value, int) else int.from_bytes(bytes(value)[:2], "little")
+            if bits != 1:
+                return True
+        elif (group << 16) | 0x0010 in ds and (group << 16) | 0x3000 not in ds:
+            # Overlay rows declared without separate overlay data: the overlay lives in the pixel bits.
+            return True
+    return False
+
+
+# Uncompressed transfer syntaxes (PS3.5 A.1 to A.3; deflate is inflated on read): stored values are plain.
+_NATIVE_LITTLE: Final = frozenset({"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"})
+_NATIVE_BIG: Final = "1.2.840.10008.1.2.2"
+
+
+def pixel_bytes_risk(ds: Dataset, transfer_syntax: str, tokens: frozenset[str]) -> str:
+    """NOT_AT_RISK, or REASON_BURNED_IN when the stored pixel values hide something (DEID.md 4.4 mechanics).
+
+    Two checks that need no decoding: an identifying string of this instance spelled out in the pixel bytes,
+    and, for uncompressed data, bits set above High Bit, where overlays and other payloads hide.
+    """
+    if 0x7FE00010 not in ds:
+        return NOT_AT_RISK
+    try:
+        data = ds[0x7FE00010].value
+        if not isinstance(data, bytes | bytearray):
+            return REASON_MALFORMED
+        if bytes_contain(bytes(data), tokens, MIN_PIXEL_TOKEN):
+            return REASON_BURNED_IN
+        if transfer_syntax in _NATIVE_LITTLE or transfer_syntax == _NATIVE_BIG:
+            big_endian = transfer_syntax == _NATIVE_BIG
+            if _bits_above_high_bit(ds, bytes(data), big_endian=big_endian):
+                return REASON_BURNED_IN
+    except Exception:
+        return REASON_MALFORMED
+    return NOT_AT_RISK
+
+
+def _bits_above_high_bit(ds: Dataset, data: bytes, *, big_endian: bool) -> bool:
+    allocated = int(ds.get("BitsAllocated", 0) or 0)
+    high_bit = int(ds.get("HighBit", allocated - 1) or 0)
+    if allocated not in (8, 16, 32) or high_bit >= allocated - 1:
+        return False
+    size = allocated // 8
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    dtype = np.dtype(("i" if signed else "u") + str(size)).newbyteorder(">" if big_endian else "<")
+    values = np.frombuffer(data, dtype=dtype, count=len(data) // size)
+    if signed:
+        # Above High Bit a signed value holds copies of its sign bit, nothing else.
+        top = values >> high_bit
+        return bool(np.any((top != 0) & (top != -1)))
+    return bool(np.any(values >> (high_bit + 1)))
