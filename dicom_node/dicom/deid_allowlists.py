@@ -12,6 +12,8 @@ from typing import Final, cast
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
+from dicom_node.dicom.validation import REQUIRED_ALWAYS, REQUIRED_WITH_PIXELS
+
 # PS3.6 Annex A as pydicom 3.0 ships it: SOP classes, transfer syntaxes and other UIDs that identify no one.
 REGISTERED_UIDS: Final[frozenset[str]] = frozenset(cast("dict[str, object]", UID_dictionary))
 
@@ -96,22 +98,7 @@ FIXED_IDENTITY: Final = _tags(
     "LongitudinalTemporalInformationModified",
 )
 # Type 1 attributes of the image IODs we pass on; one we cannot read rejects the instance (4.2 rule 7).
-REQUIRED: Final = _tags(
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "PixelData",
-)
+REQUIRED: Final = _tags(*REQUIRED_ALWAYS, *REQUIRED_WITH_PIXELS, "PixelData")
 # Elements whose values seed the cross-match: a kept text equal to one of them is an identifier in disguise.
 IDENTIFYING_SOURCES: Final = _tags(
     "PatientName",

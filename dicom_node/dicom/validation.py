@@ -46,9 +46,9 @@ KNOWN_PHOTOMETRIC_INTERPRETATIONS = frozenset(
 
 # Type 1 attributes of the SOP Common, General Study and General Series modules (PS3.3 C.12.1, C.7.2.1,
 # C.7.3.1), which every storage IOD we route by includes.
-_REQUIRED_ALWAYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+REQUIRED_ALWAYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
 # Type 1 attributes of the Image Pixel module (PS3.3 C.7.6.3), required once pixel data is present.
-_REQUIRED_WITH_PIXELS = (
+REQUIRED_WITH_PIXELS = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
     "Rows",
@@ -297,7 +297,7 @@ def validate_instance(
     # Encapsulated pixel data is not read (stop_before_pixels), so its presence is inferred from Rows.
     encapsulated = UID(context.transfer_syntax_uid).is_encapsulated
     has_pixels = _PIXEL_DATA_TAG in dataset or (encapsulated and "Rows" in dataset)
-    required = _REQUIRED_ALWAYS + (_REQUIRED_WITH_PIXELS if has_pixels else ())
+    required = REQUIRED_ALWAYS + (REQUIRED_WITH_PIXELS if has_pixels else ())
     if any(_value(dataset, keyword) is None for keyword in required):
         codes.append(Code.TYPE1_MISSING)
     for keyword in _UID_KEYWORDS:
