@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from pydicom.multival import MultiValue
 
-from dicom_node.dicom.deid_allowlists import IDENTIFYING_SOURCES
+from dicom_node.dicom.deid_allowlists import IDENTIFYING_SOURCES, REGISTERED_UIDS
 
 if TYPE_CHECKING:
     from pydicom.dataelem import DataElement
@@ -51,8 +51,17 @@ def _add(tokens: set[str], text: str) -> None:
             tokens.add(token)
 
 
+def _add_date(tokens: set[str], text: str) -> None:
+    """An original full date as the engine finds it in numbers and text: YYYYMMDD and YYYY-MM-DD."""
+    date = text.strip()[:8]
+    if len(date) == 8 and date.isdigit():
+        tokens.add(date)
+        tokens.add(f"{date[:4]}-{date[4:6]}-{date[6:]}")
+
+
 def identifying_tokens(ds: Dataset) -> frozenset[str]:
-    """Casefolded names (every PN at any depth), IDs and the birth date of this instance."""
+    """Casefolded names (every PN at any depth), IDs, the birth date, and every original full date and
+    unregistered UID (values the engine changes, so that no unchanged copy of them survives elsewhere)."""
     tokens: set[str] = set()
     _collect(ds, tokens, 0)
     return frozenset(tokens)
@@ -71,6 +80,16 @@ def _collect(ds: Dataset, tokens: set[str], depth: int) -> None:
                 for value in _values(element):
                     if not isinstance(value, bytes | bytearray):
                         _add(tokens, str(value))
+            elif element.VR in ("DA", "DT"):
+                # Shifted in place, so an unshifted copy elsewhere would give the patient's offset away.
+                for value in _values(element):
+                    _add_date(tokens, str(value))
+            elif element.VR == "UI":
+                # Remapped in place; a copy in kept text would link the output to the original study.
+                for value in _values(element):
+                    uid = str(value).rstrip("\0 ")
+                    if len(uid) >= MIN_TOKEN and uid not in REGISTERED_UIDS:
+                        tokens.add(uid.casefold())
         except Exception:
             # An undecodable element gives no tokens; the engine removes the element itself.
             continue
