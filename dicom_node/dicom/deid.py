@@ -196,11 +196,17 @@ def _string(ds: Dataset, keyword: str) -> str | None:
     return value.strip()
 
 
+# The key of an instance without a Patient ID: its study, so unidentified patients never share one
+# pseudonym and date offset. The separator cannot occur in a PatientID (LO excludes control characters).
+_NO_PATIENT_ID: Final = "\x1estudy:"
+
+
 def _identity(ds: Dataset, policy: DeidPolicy) -> _Identity:
     issuer = _string(ds, "IssuerOfPatientID") or policy.default_issuer
+    patient_id = _string(ds, "PatientID") or _NO_PATIENT_ID + (_string(ds, "StudyInstanceUID") or "")
     return _Identity(
         issuer=issuer,
-        patient_id=_string(ds, "PatientID") or "",
+        patient_id=patient_id,
         accession=_string(ds, "AccessionNumber"),
         study_id=_string(ds, "StudyID"),
         birth_date=_optional_string(ds, "PatientBirthDate"),
@@ -223,7 +229,8 @@ def _write_identity(
     """DEID.md 4.2 rule 6: the fixed identity values, all ASCII, all keyed."""
     pseudonyms: list[Pseudonym] = []
     pid = keys.patient_pseudonym(identity.issuer, identity.patient_id)
-    pseudonyms.append(Pseudonym(kind="patient_id", pseudo=pid, original=identity.patient_id))
+    original = "" if identity.patient_id.startswith(_NO_PATIENT_ID) else identity.patient_id
+    pseudonyms.append(Pseudonym(kind="patient_id", pseudo=pid, original=original))
     body.PatientName = f"ANON^{pid}"
     body.PatientID = pid
     body.IssuerOfPatientID = policy.default_issuer

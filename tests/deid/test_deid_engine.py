@@ -532,3 +532,18 @@ def test_no_canary_survives_at_any_depth(specs: list[object], canary: str) -> No
     assert canary.encode() not in encoded(result.dataset)
     assert canary not in repr(result.report)
     assert all(canary not in pseudonym.pseudo for pseudonym in result.pseudonyms)
+
+
+def test_instances_without_a_patient_id_do_not_share_one_pseudonym_or_offset() -> None:
+    """Two unidentified patients (no PatientID) must not be linked by the pseudonym or the date offset."""
+    keys = DeidKeys.from_secret(bytes(range(32)))
+
+    def without_id(study_uid: str) -> Dataset:
+        ds = make_ct(study_uid=study_uid)
+        del ds.PatientID
+        return deidentify_dataset(ds, DeidPolicy(), keys).dataset
+
+    first, second = without_id("1.2.3.4.100"), without_id("1.2.3.4.200")
+    assert first.PatientID != second.PatientID
+    assert first.StudyDate != second.StudyDate, "one shared offset would link them"
+    assert without_id("1.2.3.4.100").PatientID == first.PatientID, "still deterministic per study"
