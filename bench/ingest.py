@@ -37,10 +37,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -663,55 +663,54 @@ class Receiver:
             return ""
 
 
-def start_storescp(workdir: Path, *, fork: bool) -> Receiver:
-    out = workdir / "out"
-    out.mkdir(parents=True)
-    port = free_port()
-    command = ["storescp", "-aet", STORESCP_AE, "-od", str(out), "-dhl"]
-    if fork:
-        command.append("--fork")
-    command.append(str(port))
-    stderr_path = workdir / "receiver.stderr"
-    stderr_file = stderr_path.open("wb")
-    proc = subprocess.Popen(
-        command,
-        env=dcmtk_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=stderr_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    receiver = Receiver("storescp", proc, port, STORESCP_AE, workdir, stderr_path, stderr_file)
-    deadline = time.monotonic() + 10
-    while not _listening(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            receiver.stop()
-            raise RunFailed(f"storescp did not listen on {port}: {receiver.stderr_text()[-500:]}")
-        time.sleep(0.01)
-    return receiver
-
-
-def start_pynetdicom_anchor(workdir: Path) -> Receiver:
+def _start_listener(
+    kind: ReceiverKind, ae_title: str, workdir: Path, command: Callable[[Path, int], list[str]], **popen: Any
+) -> Receiver:
+    """Start a receiver that writes files into `workdir/out` and wait until it listens on a free port."""
     out = workdir / "out"
     out.mkdir(parents=True)
     port = free_port()
     stderr_path = workdir / "receiver.stderr"
     stderr_file = stderr_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("pynetdicom_anchor.py")), str(out), str(port)],
+        command(out, port),
         stdin=subprocess.DEVNULL,
         stdout=stderr_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        **popen,
     )
-    receiver = Receiver("pynetdicom", proc, port, NODE_AE, workdir, stderr_path, stderr_file)
+    receiver = Receiver(kind, proc, port, ae_title, workdir, stderr_path, stderr_file)
     deadline = time.monotonic() + 30
     while not _listening(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             receiver.stop()
-            raise RunFailed(f"pynetdicom anchor did not listen: {receiver.stderr_text()[-500:]}")
+            raise RunFailed(f"{kind} did not listen on {port}: {receiver.stderr_text()[-500:]}")
         time.sleep(0.01)
     return receiver
+
+
+def start_storescp(workdir: Path, *, fork: bool) -> Receiver:
+    def command(out: Path, port: int) -> list[str]:
+        return [
+            "storescp",
+            "-aet",
+            STORESCP_AE,
+            "-od",
+            str(out),
+            "-dhl",
+            *(["--fork"] if fork else []),
+            str(port),
+        ]
+
+    return _start_listener("storescp", STORESCP_AE, workdir, command, env=dcmtk_env())
+
+
+def start_pynetdicom_anchor(workdir: Path) -> Receiver:
+    anchor = str(Path(__file__).with_name("pynetdicom_anchor.py"))
+    return _start_listener(
+        "pynetdicom", NODE_AE, workdir, lambda out, port: [sys.executable, anchor, str(out), str(port)]
+    )
 
 
 _LISTENING = re.compile(r"^dicom-node listening: .* on \S+:(\d+) \(")

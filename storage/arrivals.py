@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Select, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import (
@@ -97,25 +98,22 @@ def lock_study(
     now: datetime,
 ) -> StudyRow:
     """The study row for this UID, created if needed, locked until the transaction ends."""
-    params = {"original_study_instance_uid": original_study_instance_uid}
-    row = connection.execute(_SELECT_STUDY, params).first()
-    if row is None:
-        _insert_if_absent(
-            connection,
-            _studies,
-            {
-                "id": new_id("std"),
-                "original_study_instance_uid": original_study_instance_uid,
-                "original_patient_id": original_patient_id,
-                "status": StudyStatus.RECEIVING.value,
-                "generation": 0,
-                "instance_count": 0,
-                "first_received_at": now,
-                "last_received_at": now,
-            },
-            unique="original_study_instance_uid",
-        )
-        row = connection.execute(_SELECT_STUDY, params).one()
+    row = _get_or_insert(
+        connection,
+        _SELECT_STUDY,
+        _studies,
+        {
+            "id": new_id("std"),
+            "original_study_instance_uid": original_study_instance_uid,
+            "original_patient_id": original_patient_id,
+            "status": StudyStatus.RECEIVING.value,
+            "generation": 0,
+            "instance_count": 0,
+            "first_received_at": now,
+            "last_received_at": now,
+        },
+        unique="original_study_instance_uid",
+    )
     return StudyRow(row.id, row.status, row.generation, row.last_received_at)
 
 
@@ -128,22 +126,19 @@ def ensure_series(
     now: datetime,
 ) -> SeriesRow:
     """The series row for this UID, created under `study_id` if needed (it may belong to another)."""
-    params = {"original_series_instance_uid": original_series_instance_uid}
-    row = connection.execute(_SELECT_SERIES, params).first()
-    if row is None:
-        _insert_if_absent(
-            connection,
-            _series,
-            {
-                "id": new_id("ser"),
-                "study_id": study_id,
-                "original_series_instance_uid": original_series_instance_uid,
-                "modality": modality,
-                "created_at": now,
-            },
-            unique="original_series_instance_uid",
-        )
-        row = connection.execute(_SELECT_SERIES, params).one()
+    row = _get_or_insert(
+        connection,
+        _SELECT_SERIES,
+        _series,
+        {
+            "id": new_id("ser"),
+            "study_id": study_id,
+            "original_series_instance_uid": original_series_instance_uid,
+            "modality": modality,
+            "created_at": now,
+        },
+        unique="original_series_instance_uid",
+    )
     return SeriesRow(row.id, row.study_id)
 
 
@@ -237,9 +232,18 @@ def record_arrival(connection: Connection, study: StudyRow, *, now: datetime, ne
     return reopened
 
 
-def _insert_if_absent(
-    connection: Connection, table: Table, values: dict[str, object], *, unique: str
-) -> None:
-    """INSERT … ON CONFLICT DO NOTHING: a receiver that loses the race then finds the winner's row."""
+def _get_or_insert(
+    connection: Connection, lookup: Select[Any], table: Table, values: dict[str, object], *, unique: str
+) -> Row[Any]:
+    """The row `lookup` finds by `values[unique]`, inserted first when there is none.
+
+    The lookup comes first because the row usually exists; the insert is INSERT … ON CONFLICT DO
+    NOTHING, so a receiver that loses the race to create it finds the winner's row.
+    """
+    params = {unique: values[unique]}
+    row = connection.execute(lookup, params).first()
+    if row is not None:
+        return row
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     connection.execute(dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=[unique]))
+    return connection.execute(lookup, params).one()

@@ -124,6 +124,22 @@ class ParsedInstance:
     transfer_syntax_uid: str
 
 
+# What pydicom raises on bytes that are not a readable data set (a cut deflate stream: zlib.error).
+_READ_ERRORS = (
+    InvalidDicomError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    EOFError,
+    IndexError,
+    NotImplementedError,
+    OverflowError,
+    AttributeError,
+    zlib.error,
+)
+
+
 class TruncatedInstance(UnreadableInstance):
     """The file ends before the data set it announces does."""
 
@@ -141,19 +157,7 @@ def read_file(path: Path) -> Dataset:
         transfer_syntax = str(header.file_meta.get("TransferSyntaxUID") or ImplicitVRLittleEndian)
         parsed = ParsedInstance(header, path.stat().st_size, path, transfer_syntax)
         truncated = _is_truncated(parsed)
-    except (
-        InvalidDicomError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        IndexError,
-        NotImplementedError,
-        OverflowError,
-        AttributeError,
-        zlib.error,
-    ) as exc:
+    except _READ_ERRORS as exc:
         raise UnreadableInstance() from exc
     if truncated:
         raise TruncatedInstance()
@@ -166,18 +170,7 @@ def read_instance(path: Path, *, transfer_syntax_uid: str) -> ParsedInstance:
     try:
         dataset = dcmread(path, defer_size=_DEFER_SIZE, stop_before_pixels=encapsulated)
         file_size = path.stat().st_size
-    except (
-        InvalidDicomError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        IndexError,
-        NotImplementedError,
-        OverflowError,
-        zlib.error,
-    ) as exc:
+    except _READ_ERRORS as exc:
         raise UnreadableInstance() from exc
     return ParsedInstance(
         dataset=dataset, file_size=file_size, path=path, transfer_syntax_uid=transfer_syntax_uid
