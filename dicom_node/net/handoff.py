@@ -100,13 +100,16 @@ class Dispatcher:
         with connection:
             label = f"{address[0]}:{address[1]}".encode("ascii", errors="replace")
             for route in self._by_load():
+                # Counted before the send, so the count never lags a connection the receiver has.
+                with self._lock:
+                    route.handed_off += 1
                 try:
                     socket.send_fds(route.channel, [label], [connection.fileno()])
                 except OSError:
-                    route.alive = False  # a receiver that died; the supervisor restarts it
+                    with self._lock:
+                        route.handed_off -= 1
+                        route.alive = False  # a receiver that died; the supervisor restarts it
                     continue
-                with self._lock:
-                    route.handed_off += 1
                 return
         logger.error("no receiver took a connection", extra={"event": "handoff_failed"})
 

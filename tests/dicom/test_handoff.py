@@ -34,7 +34,11 @@ class FakeReceiver:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+        self.sockets.clear()
         self.channel.close()
+
+
+_OPEN: list[FakeReceiver | socket.socket] = []
 
 
 @pytest.fixture
@@ -43,16 +47,22 @@ def dispatcher() -> Iterator[Dispatcher]:
     thread = threading.Thread(target=dispatcher.run, daemon=True)
     thread.start()
     yield dispatcher
+    while _OPEN:  # whatever a test opened, closed even when it failed half-way
+        _OPEN.pop().close()
     dispatcher.close()
     thread.join(5)
 
 
 def _connect(dispatcher: Dispatcher) -> socket.socket:
-    return socket.create_connection(dispatcher.listener.getsockname()[:2], timeout=5)
+    client = socket.create_connection(dispatcher.listener.getsockname()[:2], timeout=5)
+    _OPEN.append(client)
+    return client
 
 
 def _receivers(dispatcher: Dispatcher, count: int) -> list[FakeReceiver]:
-    return [FakeReceiver(dispatcher.new_channel(index)) for index in range(count)]
+    receivers = [FakeReceiver(dispatcher.new_channel(index)) for index in range(count)]
+    _OPEN.extend(receivers)
+    return receivers
 
 
 def test_connections_alternate_between_equally_loaded_receivers(dispatcher: Dispatcher) -> None:
