@@ -237,20 +237,16 @@ def _write_identity(
     body.PatientBirthDate = ""
     walk.counts["D"] += 2
     walk.counts["Z"] += 1
-    if identity.accession is not None:
-        if identity.accession:
-            accession = keys.accession(identity.issuer, identity.accession)
-            pseudonyms.append(Pseudonym(kind="accession", pseudo=accession, original=identity.accession))
-            body.AccessionNumber = accession
-        else:
-            body.AccessionNumber = ""
-    if identity.study_id is not None:
-        if identity.study_id:
-            study_id = keys.study_id(identity.issuer, identity.study_id)
-            pseudonyms.append(Pseudonym(kind="study_id", pseudo=study_id, original=identity.study_id))
-            body.StudyID = study_id
-        else:
-            body.StudyID = ""
+    for keyword, kind, value, pseudonym_of in (
+        ("AccessionNumber", "accession", identity.accession, keys.accession),
+        ("StudyID", "study_id", identity.study_id, keys.study_id),
+    ):
+        if value is None:
+            continue  # absent in the input: stays absent
+        pseudo = pseudonym_of(identity.issuer, value) if value else ""
+        if pseudo:
+            pseudonyms.append(Pseudonym(kind=kind, pseudo=pseudo, original=value))
+        setattr(body, keyword, pseudo)
     if Option.RETAIN_PATIENT_CHARACTERISTICS in policy.options:
         age = _age(identity, policy.max_age_years)
         if age is not None:
