@@ -14,11 +14,14 @@ from sqlalchemy.engine import make_url
 
 from dicom_node.core.clock import Clock, SystemClock
 from dicom_node.core.settings import Settings
+from dicom_node.dicom.deid import DeidPolicy
 from dicom_node.dicom.deid_keys import SECRET_BYTES, DeidKeys, DeidSecretInvalid, load_or_create_secret
 from dicom_node.dicom.validation import ValidationRules
 from dicom_node.net import reactor_wakeup
 from dicom_node.net.scp import ScpConfig
+from dicom_node.services.deid_stage import DeidStage
 from dicom_node.services.node import IngestPolicy, Node
+from dicom_node.services.worker import WorkerConfig
 from storage import migrate
 from storage.blobs import FileBlobStore
 from storage.db import make_engine, make_sessionmaker
@@ -53,7 +56,7 @@ def configure_file_tools() -> None:
 
 
 def deid_keys(settings: Settings, *, secret_file: Path | None = None) -> DeidKeys:
-    """The de-identification keys: from `secret_file`, else `DEID_SECRET` (64 hex digits).
+    """The keys for a tool run: from `secret_file`, else `DEID_SECRET` (64 hex digits).
 
     Never creates a secret: a tool run against the wrong one would silently make new pseudonyms.
     """
@@ -63,6 +66,11 @@ def deid_keys(settings: Settings, *, secret_file: Path | None = None) -> DeidKey
         return DeidKeys.from_secret(load_or_create_secret(secret_file))
     if settings.deid_secret is None:
         raise DeidSecretInvalid("No de-identification secret: use --secret-file or DICOM_NODE_DEID_SECRET.")
+    return _keys_from_setting(settings)
+
+
+def _keys_from_setting(settings: Settings) -> DeidKeys:
+    assert settings.deid_secret is not None
     try:
         secret = bytes.fromhex(settings.deid_secret.get_secret_value())
     except ValueError as exc:
@@ -70,6 +78,25 @@ def deid_keys(settings: Settings, *, secret_file: Path | None = None) -> DeidKey
     if len(secret) != SECRET_BYTES:
         raise DeidSecretInvalid("DICOM_NODE_DEID_SECRET must be 64 hexadecimal digits.")
     return DeidKeys.from_secret(secret)
+
+
+def node_secret_file(settings: Settings) -> Path:
+    return settings.data_dir / "secrets" / "deid-secret"
+
+
+def deid_stage(settings: Settings) -> DeidStage:
+    """The node's own de-identification: `DEID_SECRET`, else the secret kept under DATA_DIR (made on
+    first start, mode 0600). Nodes sharing a database must share the secret (set DEID_SECRET)."""
+    if settings.deid_secret is not None:
+        keys = _keys_from_setting(settings)
+    else:
+        keys = DeidKeys.from_secret(load_or_create_secret(node_secret_file(settings)))
+    policy = DeidPolicy(default_issuer=settings.ae_title, node_ae_title=settings.ae_title)
+    return DeidStage(policy=policy, keys=keys)
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(poll_seconds=settings.job_poll_seconds, lease_seconds=settings.job_lease_seconds)
 
 
 def build_node(settings: Settings, *, clock: Clock | None = None) -> Node:
@@ -92,6 +119,7 @@ def build_node(settings: Settings, *, clock: Clock | None = None) -> Node:
             duplicate_policy=settings.duplicate_policy,
         ),
         study_idle_seconds=settings.study_idle_seconds,
+        job_max_attempts=settings.job_max_attempts,
     )
 
 

@@ -12,7 +12,7 @@ from dicom_node.bootstrap import build_node, configure_file_tools, deid_keys, up
 from dicom_node.core.errors import DicomNodeError
 from dicom_node.core.settings import Settings, load_settings, parse_ae_title
 from dicom_node.dicom.deid import DeidPolicy
-from dicom_node.processes import run_receivers
+from dicom_node.processes import run_node
 from dicom_node.services import deid_files
 from dicom_node.services import peers as peer_service
 from storage import migrate
@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML settings file (also DICOM_NODE_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="run everything in one process: SCP receivers and study completion")
+    commands.add_parser(
+        "serve", help="run everything: SCP receivers, study completion and the job workers (WORKERS)"
+    )
     commands.add_parser("scp", help="run only the DICOM receivers (scale-out against PostgreSQL)")
+    commands.add_parser("worker", help="run only job workers, WORKERS processes (scale-out)")
 
     db = commands.add_parser("db", help="database administration").add_subparsers(
         dest="db_command", required=True
@@ -133,8 +136,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        if args.command in ("serve", "scp"):
-            return run_receivers(settings, out)
+        if args.command == "serve":
+            return run_node(settings, out, receivers=True, workers=settings.workers)
+        if args.command == "scp":
+            return run_node(settings, out, receivers=True, workers=0)
+        if args.command == "worker":
+            return run_node(settings, out, receivers=False, workers=max(1, settings.workers))
         if args.command == "db":
             return _run_db(settings, args, out)
         if args.command == "deidentify":

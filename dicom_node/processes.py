@@ -1,9 +1,10 @@
-"""Process management for `serve` and `scp`: receiver processes behind one DICOM port, and shutdown.
+"""Process management for `serve`, `scp` and `worker`: receivers behind one DICOM port, job workers.
 
 pynetdicom is CPU-bound per process (GIL), so a burst from several modalities only uses every core
 when several receiver processes share the work. The supervisor owns the listening socket and hands
 each connection to the least-busy receiver (net/handoff.py); it restarts a receiver that dies, and
-on SIGTERM stops accepting, lets in-flight stores finish and exits 0.
+on SIGTERM stops accepting, lets in-flight stores finish and exits 0. Job workers (de-identification,
+later inference) are processes too, for the same reason; the supervisor restarts them as well.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from dicom_node.bootstrap import (
     build_node,
+    configure_file_tools,
     configure_libraries,
+    deid_stage,
     describe_database,
     scp_config,
     upgrade_database,
     warn_about_open_defaults,
+    worker_config,
 )
 from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings
@@ -34,6 +38,7 @@ from dicom_node.net.handoff import Dispatcher, listen
 from dicom_node.net.scp import ScpServer, start_scp
 from dicom_node.services.recovery import quarantine_unreferenced_blobs
 from dicom_node.services.studies import run_completion_sweeper
+from dicom_node.services.worker import run_worker, stage_handlers
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -54,6 +59,8 @@ class StartupFailed(Exception):
 
 @dataclass
 class _Receiver:
+    """A child process of the supervisor (a receiver or a job worker) and its slot number."""
+
     index: int
     process: BaseProcess
 
@@ -146,12 +153,43 @@ def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channe
     node.engine.dispose()
 
 
-class Supervisor:
-    """Runs the receivers (in-process for one, child processes for more) and the completion sweeper."""
+def _worker_main(settings_data: dict[str, Any]) -> None:
+    """Body of one job worker process: run jobs until SIGTERM, finishing the job in hand."""
+    stop = threading.Event()
+    request = _StopRequest()
+    _install_stop_handlers(request, (signal.SIGTERM,))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_watch_supervisor, args=(stop, os.getppid()), name="supervisor-watch", daemon=True
+    ).start()
+    settings = Settings(**settings_data)
+    configure_logging(settings.log_level)
+    configure_file_tools()
+    node = build_node(settings)
+    config = worker_config(settings)
+    handlers = stage_handlers(deid_stage(settings), config)
+    loop = threading.Thread(
+        target=run_worker, args=(node, handlers, stop), kwargs={"config": config}, name="job-worker"
+    )
+    loop.start()
+    while not request.wait(stop, _MONITOR_SECONDS):
+        if not loop.is_alive():
+            break
+    stop.set()
+    loop.join()
+    node.engine.dispose()
 
-    def __init__(self, settings: Settings, out: TextIO) -> None:
+
+class Supervisor:
+    """Runs the receivers (in-process for one, child processes for more), the completion sweeper and
+    the job workers; `receivers=False` is the `worker` role: job workers only."""
+
+    def __init__(self, settings: Settings, out: TextIO, *, receivers: bool = True, workers: int = 0) -> None:
         self._settings = settings
         self._out = out
+        self._with_receivers = receivers
+        self._worker_count = workers
+        self._workers: list[_Receiver] = []
         self._stop = threading.Event()
         self._stop_request = _StopRequest()
         self._context = multiprocessing.get_context("spawn")
@@ -165,6 +203,8 @@ class Supervisor:
         configure_logging(settings.log_level)
         _install_stop_handlers(self._stop_request, (signal.SIGTERM, signal.SIGINT))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._with_receivers:
+            return self._run_workers_only()
         try:
             lock_fd = _lock_data_dir(settings.data_dir)
         except StartupFailed as exc:
@@ -176,10 +216,27 @@ class Supervisor:
         finally:
             os.close(lock_fd)
 
+    def _run_workers_only(self) -> int:
+        settings = self._settings
+        upgrade_database(settings)
+        deid_stage(settings)  # a bad secret stops here, before any process starts
+        for index in range(self._worker_count):
+            self._spawn_worker(index)
+        self._out.write(
+            f"dicom-node worker: {self._worker_count} process{'es' if self._worker_count != 1 else ''}; "
+            f"database {describe_database(settings)}\n"
+        )
+        self._out.flush()
+        while not self._stop_request.wait(self._stop, _MONITOR_SECONDS):
+            self._restart_dead_workers()
+        self._stop_workers()
+        return 0
+
     def _run_locked(self) -> int:
         settings = self._settings
         upgrade_database(settings)
         warn_about_open_defaults(settings)
+        deid_stage(settings)  # creates the secret once, before any worker could race to
         node = build_node(settings)
         configure_libraries(node.blobs.tmp_dir)
         purged = node.blobs.purge_spool(idle_seconds=2 * settings.network_timeout_seconds)
@@ -210,10 +267,14 @@ class Supervisor:
             daemon=True,
         )
         sweeper.start()
+        for index in range(self._worker_count):
+            self._spawn_worker(index)
         while not self._stop_request.wait(self._stop, _MONITOR_SECONDS):
             self._restart_dead_receivers(port)
+            self._restart_dead_workers()
         logger.info("node stopping", extra={"event": "node_stopping"})
         self._stop_receivers()
+        self._stop_workers()
         sweeper.join(timeout=settings.completion_poll_seconds + 5)
         node.engine.dispose()
         logger.info("node stopped", extra={"event": "node_stopped"})
@@ -257,6 +318,31 @@ class Supervisor:
         channel.close()  # the child has its own copy
         self._receivers.append(_Receiver(index=index, process=process))
 
+    def _spawn_worker(self, index: int) -> None:
+        process = self._context.Process(
+            target=_worker_main, args=(self._settings.model_dump(),), name=f"dicom-node-worker-{index}"
+        )
+        process.start()
+        self._workers.append(_Receiver(index=index, process=process))
+
+    def _restart_dead_workers(self) -> None:
+        for worker in list(self._workers):
+            if worker.process.is_alive():
+                continue
+            logger.error(
+                "worker process exited; restarting it",
+                extra={
+                    "event": "worker_restarted",
+                    "pid": worker.process.pid,
+                    "reason": str(worker.process.exitcode),
+                },
+            )
+            self._workers.remove(worker)
+            self._spawn_worker(worker.index)
+
+    def _stop_workers(self) -> None:
+        _terminate(self._workers, grace=self._settings.shutdown_grace_seconds)
+
     def _await_ready(self) -> None:
         try:
             kind, index, detail = self._ready.get(timeout=_READY_TIMEOUT_SECONDS)
@@ -290,17 +376,22 @@ class Supervisor:
             self._dispatcher.stop()
         if self._local is not None:
             self._local.stop(grace)
-        for receiver in self._receivers:
-            if receiver.process.is_alive() and receiver.process.pid is not None:
-                receiver.process.terminate()
-        for receiver in self._receivers:
-            receiver.process.join(timeout=grace + 10)
-            if receiver.process.is_alive():
-                receiver.process.kill()
-                receiver.process.join(timeout=5)
+        _terminate(self._receivers, grace=grace)
         if self._dispatcher is not None:
             self._dispatcher.close()
 
 
-def run_receivers(settings: Settings, out: TextIO) -> int:
-    return Supervisor(settings, out).run()
+def _terminate(children: list[_Receiver], *, grace: float) -> None:
+    """SIGTERM every child, wait for each to drain, SIGKILL what outlives the grace period."""
+    for child in children:
+        if child.process.is_alive() and child.process.pid is not None:
+            child.process.terminate()
+    for child in children:
+        child.process.join(timeout=grace + 10)
+        if child.process.is_alive():
+            child.process.kill()
+            child.process.join(timeout=5)
+
+
+def run_node(settings: Settings, out: TextIO, *, receivers: bool, workers: int) -> int:
+    return Supervisor(settings, out, receivers=receivers, workers=workers).run()

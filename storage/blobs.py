@@ -64,7 +64,7 @@ def _fsync_dir(path: Path) -> None:
 class FileBlobStore:
     """Blobs as files: `<root>/<namespace>/<aa>/<hex>.dcm`."""
 
-    NAMESPACES = frozenset({"store", "quarantine"})
+    NAMESPACES = frozenset({"store", "quarantine", "deid"})
 
     def __init__(self, root: Path) -> None:
         self.root = root

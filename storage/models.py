@@ -1,4 +1,4 @@
-"""The ORM tables. PHI lives only in `original_*` columns (and, later, the pseudonym map).
+"""The ORM tables. PHI lives only in `original_*` columns and in the pseudonym map (`pseudonyms`).
 
 Rows are addressed by internal ids (`ins_…`, `std_…`) that embed nothing from the data, so an id can
 appear in a log line, a metric exemplar or an error message without leaking a UID.
@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -73,6 +74,17 @@ class JobStatus(StrEnum):
 class EventKind(StrEnum):
     STUDY_COMPLETE = "study_complete"
     STUDY_REOPENED = "study_reopened"
+    STUDY_DEIDENTIFIED = "study_deidentified"
+
+
+class JobKind(StrEnum):
+    DEIDENTIFY = "deidentify"
+
+
+class DeidOutcome(StrEnum):
+    DEIDENTIFIED = "deidentified"
+    # Not passed on (burned-in text, encapsulated document, unreadable...): kept from inference.
+    WITHHELD = "withheld"
 
 
 class Base(DeclarativeBase):
@@ -189,7 +201,8 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    kind: Mapped[str] = mapped_column(_enum(EventKind), index=True)
+    # Wide enough for kinds later stages add without a migration per kind.
+    kind: Mapped[str] = mapped_column(String(32), index=True)
     study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"), index=True)
     generation: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -205,6 +218,10 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(_enum(JobStatus))
     study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"), index=True)
+    # The study generation the job was made for: a late instance re-opens the study for the next one.
+    generation: Mapped[int | None] = mapped_column(Integer)
+    # Which worker holds the lease; a worker whose lease expired cannot finish the job any more.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     run_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -212,3 +229,73 @@ class Job(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PseudonymEntry(Base):
+    """The pseudonym map (PHI): original value ↔ keyed pseudonym, per key, for re-identification."""
+
+    __tablename__ = "pseudonyms"
+    __table_args__ = (
+        UniqueConstraint("key_id", "kind", "original", name="uq_pseudonyms_key_kind_original"),
+        Index("ix_pseudonyms_kind_pseudonym", "kind", "pseudonym"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16))
+    # patient_id | accession | study_id | uid
+    kind: Mapped[str] = mapped_column(String(16))
+    original: Mapped[str] = mapped_column(String(255))
+    pseudonym: Mapped[str] = mapped_column(String(64))
+    first_study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeidInstance(Base):
+    """One instance's de-identification (DEID.md 4.6 "deid_report"): outcome, copy and report, no PHI.
+
+    The pseudonymous UIDs are not PHI; they tie the copy to the map for re-identification.
+    """
+
+    __tablename__ = "deid_instances"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), unique=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), index=True)
+    # The original's sha256: a replaced original is de-identified again, an unchanged one is not.
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(_enum(DeidOutcome))
+    reason_code: Mapped[str | None] = mapped_column(String(80))
+    blob_key: Mapped[str | None] = mapped_column(String(80))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    pixel_decision: Mapped[str | None] = mapped_column(String(40))
+    # JSON: counts per action code, private creators removed (filtered names).
+    report: Mapped[str] = mapped_column(Text, default="{}")
+    key_id: Mapped[str] = mapped_column(String(16))
+    policy_hash: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AuditEvent(Base):
+    """The tamper-evident audit trail: each row's hash covers its fields and the previous row's hash."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    object_ref: Mapped[str | None] = mapped_column(String(80))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    # JSON of counts and codes only: never a value from a data set.
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

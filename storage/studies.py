@@ -8,13 +8,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.events import append_event
-from storage.models import EventKind, Study, StudyStatus
+from storage.jobs import enqueue
+from storage.models import EventKind, JobKind, Study, StudyStatus
 
 
 def complete_idle_studies(
-    session: Session, *, idle_before: datetime, now: datetime, limit: int = 100
+    session: Session, *, idle_before: datetime, now: datetime, limit: int = 100, max_attempts: int = 5
 ) -> list[str]:
     """Complete every receiving study idle since `idle_before`; returns the ids this call completed.
+
+    Completing makes the study's de-identification job in the same transaction, so a completed study
+    always has its job, however the node stops.
 
     The conditional UPDATE is the claim: when several processes sweep at once, or an instance of the
     study is being committed, the row lock makes exactly one of them see the study still idle.
@@ -42,6 +46,14 @@ def complete_idle_studies(
             continue
         append_event(
             session, kind=EventKind.STUDY_COMPLETE, study_id=study_id, generation=generation, now=now
+        )
+        enqueue(
+            session,
+            kind=JobKind.DEIDENTIFY,
+            study_id=study_id,
+            generation=generation,
+            now=now,
+            max_attempts=max_attempts,
         )
         completed.append(study_id)
     return completed

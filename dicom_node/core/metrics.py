@@ -21,3 +21,12 @@ STORE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 STUDIES_COMPLETED = Counter("dicom_node_studies_completed_total", "Studies that went idle and completed.")
+DEID_INSTANCES = Counter(
+    "dicom_node_deid_instances_total",
+    "Instances de-identified, or withheld from inference with a reason code.",
+    ["outcome", "reason"],
+)
+DEID_STUDIES = Counter("dicom_node_deid_studies_total", "Studies the de-identification stage finished.")
+JOBS_FINISHED = Counter(
+    "dicom_node_jobs_finished_total", "Job attempts by kind and result.", ["kind", "result"]
+)

@@ -47,6 +47,11 @@ ALLOWED_EXTRAS = frozenset(
         "count",
         "pid",
         "reason",
+        "job_ref",
+        "job_kind",
+        "deidentified",
+        "withheld",
+        "unchanged",
     }
 )
 # Standard UIDs (SOP classes, transfer syntaxes) are not PHI and help operators; anything else that

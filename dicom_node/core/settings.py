@@ -76,7 +76,11 @@ class Settings(BaseSettings):
     modality_allowlist: CommaList = Field(default_factory=list)
     deid_secret: SecretStr | None = None
     inference_providers: str = "auto"
-    workers: int = Field(default=1, ge=1)
+    # Job worker processes `serve` runs (0: none here; run `dicom-node worker` elsewhere).
+    workers: int = Field(default=1, ge=0, le=64)
+    job_poll_seconds: float = Field(default=1.0, gt=0)
+    job_lease_seconds: float = Field(default=300.0, ge=5)
+    job_max_attempts: int = Field(default=5, ge=1, le=100)
     scp_processes: int = Field(default_factory=_default_processes, ge=1, le=64)
     max_associations: int = Field(default=32, ge=1, le=1024)
     max_pdu_size: int = Field(default=0, ge=0)

@@ -10,6 +10,7 @@ Files are processed in parallel worker processes, since the engine is CPU-bound 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 import pydicom
 
 from dicom_node.core.errors import DicomNodeError
-from dicom_node.dicom.deid import DeidPolicy, DeidRejected, deidentify_dataset
+from dicom_node.dicom.deid import DeidPolicy, DeidRejected, DeidResult, deidentify_dataset
 from dicom_node.dicom.deid_keys import DeidKeys
 from dicom_node.dicom.validation import TruncatedInstance, UnreadableInstance, read_file
 
@@ -73,8 +74,11 @@ def plan(source: Path, destination: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def deidentify_file(source: Path, target: Path, policy: DeidPolicy, keys: DeidKeys) -> str | None:
-    """De-identify one file into `target`; None on success, else a stable error code."""
+def deidentify_source(source: Path, policy: DeidPolicy, keys: DeidKeys) -> DeidResult | str:
+    """De-identify the DICOM file at `source`: the result, or the stable code of why there is none.
+
+    The one read-and-de-identify step of the CLI and the pipeline stage.
+    """
     try:
         dataset = read_file(source)
     except TruncatedInstance:
@@ -82,11 +86,25 @@ def deidentify_file(source: Path, target: Path, policy: DeidPolicy, keys: DeidKe
     except UnreadableInstance:
         return UNREADABLE
     try:
-        result = deidentify_dataset(dataset, policy, keys)
+        return deidentify_dataset(dataset, policy, keys)
     except DeidRejected as rejected:
         return rejected.code
     except Exception:  # the engine fails closed: nothing is written, no message is shown
         return ENGINE_FAILED
+
+
+def encode(result: DeidResult) -> bytes:
+    """The de-identified instance as a DICOM Part 10 file."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, result.dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def deidentify_file(source: Path, target: Path, policy: DeidPolicy, keys: DeidKeys) -> str | None:
+    """De-identify one file into `target`; None on success, else a stable error code."""
+    result = deidentify_source(source, policy, keys)
+    if isinstance(result, str):
+        return result
     temporary = target.parent / f".{uuid.uuid4().hex}.part"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

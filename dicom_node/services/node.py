@@ -29,3 +29,4 @@ class Node:
     clock: Clock
     ingest: IngestPolicy
     study_idle_seconds: float
+    job_max_attempts: int = 5

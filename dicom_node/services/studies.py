@@ -27,7 +27,10 @@ def complete_idle_studies(node: Node) -> list[str]:
     now = node.clock.now()
     with node.sessions.begin() as session:
         completed = study_repo.complete_idle_studies(
-            session, idle_before=now - timedelta(seconds=node.study_idle_seconds), now=now
+            session,
+            idle_before=now - timedelta(seconds=node.study_idle_seconds),
+            now=now,
+            max_attempts=node.job_max_attempts,
         )
     for study_id in completed:
         metrics.STUDIES_COMPLETED.inc()

@@ -41,12 +41,14 @@ def base_settings(data_dir: Path, database_url: str, dicom_port: int) -> dict[st
 
 @pytest.fixture
 def start_node(tmp_path: Path, base_settings: dict[str, object]) -> Iterator[StartNode]:
-    """Start `dicom-node serve` with the base settings plus overrides; every node is stopped at teardown."""
+    """Start `dicom-node serve` (or `command`) with the base settings plus overrides; stopped at teardown."""
     started: list[NodeProcess] = []
 
-    def _start(*, wait: bool = True, timeout: float = 60.0, **overrides: object) -> NodeProcess:
+    def _start(
+        *, wait: bool = True, timeout: float = 60.0, command: str = "serve", **overrides: object
+    ) -> NodeProcess:
         env = node_env(**{**base_settings, **overrides})
-        node = NodeProcess(env, tmp_path / "logs", name=f"node-{len(started)}")
+        node = NodeProcess(env, tmp_path / "logs", command=command, name=f"node-{len(started)}")
         started.append(node)
         node.start()
         if wait:
