@@ -36,7 +36,7 @@ from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings
 from dicom_node.net.handoff import Dispatcher, listen
 from dicom_node.net.scp import ScpServer, start_scp
-from dicom_node.services.recovery import quarantine_unreferenced_blobs
+from dicom_node.services.recovery import discard_unreferenced_copies, quarantine_unreferenced_blobs
 from dicom_node.services.studies import run_completion_sweeper
 from dicom_node.services.worker import run_worker, stage_handlers
 
@@ -244,6 +244,7 @@ class Supervisor:
             logger.info("stale spool files removed", extra={"event": "spool_purged", "count": purged})
         previous_start = _previous_start(settings.data_dir)
         quarantine_unreferenced_blobs(node, modified_after=previous_start - _RECOVERY_SLACK_SECONDS)
+        discard_unreferenced_copies(node, modified_after=previous_start - _RECOVERY_SLACK_SECONDS)
         try:
             port = self._start_receivers(node)
         except StartupFailed as exc:

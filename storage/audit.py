@@ -65,7 +65,7 @@ def append(
     correlation_id: str | None = None,
 ) -> AuditEvent:
     """Append one event in the caller's transaction (it commits with the change it records)."""
-    if False:
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
     prev_hash = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
     event = AuditEvent(

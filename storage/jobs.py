@@ -82,7 +82,7 @@ def claim(
             .where(Job.kind.in_(list(kinds)), due)
             .order_by(Job.run_at, Job.id)
             .limit(1)
-            .with_for_update()
+            .with_for_update(skip_locked=True)
         ).first()
         if candidate is None:
             return None
@@ -127,7 +127,12 @@ def claim(
 
 
 def _held(job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
-    return (Job.id == job.id, Job.status == JobStatus.RUNNING, Job.lease_owner == job.owner)
+    return (
+        Job.id == job.id,
+        Job.status == JobStatus.RUNNING,
+        Job.lease_owner == job.owner,
+        Job.attempts == job.attempts,  # this claim, not an older one under the same owner name
+    )
 
 
 def succeed(session: Session, job: ClaimedJob, *, now: datetime) -> bool:

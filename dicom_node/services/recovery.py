@@ -8,6 +8,9 @@ a rejection row, so an administrator can see what happened and the retention rul
 Only files changed since the previous start are looked at: an orphan can only come from a lifetime
 that ended without a clean stop, and a scan of the whole store at every start would grow with it.
 The supervisor holds the data directory's lock while this runs, so no receiver is mid-commit.
+
+A worker that dies between writing de-identified copies and its commit leaves copies no row names;
+they are derived data that the job's next run makes again, so they are deleted, not quarantined.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from storage import orphans
+from storage import deid_records, orphans
 from storage import rejections as rejection_repo
 from storage.errors import StorageError
 from storage.models import Rejection, new_id
@@ -49,6 +52,23 @@ def quarantine_unreferenced_blobs(node: Node, *, modified_after: float) -> int:
             extra={"event": "orphans_quarantined", "count": moved, "error_code": ORPHAN_CODE},
         )
     return moved
+
+
+def discard_unreferenced_copies(node: Node, *, modified_after: float) -> int:
+    """Delete every de-identified copy changed after `modified_after` that no row names; the count."""
+    removed = 0
+    for batch in _batches(node.blobs.iter_keys("deid", modified_after=modified_after)):
+        with node.sessions() as session:
+            referenced = deid_records.referenced_deid_keys(session, batch)
+        for key in batch:
+            if key not in referenced:
+                node.blobs.discard(key)
+                removed += 1
+    if removed:
+        logger.info(
+            "unreferenced de-identified copies removed", extra={"event": "copies_discarded", "count": removed}
+        )
+    return removed
 
 
 def _quarantine(node: Node, key: str) -> bool:

@@ -21,6 +21,7 @@ from dicom_node.dicom.deid import DeidPolicy
 from dicom_node.dicom.deid_keys import DeidKeys
 from dicom_node.services.deid_stage import DeidStage, LeaseLost, deidentify_study
 from dicom_node.services.node import Node
+from dicom_node.services.recovery import discard_unreferenced_copies
 from dicom_node.services.studies import complete_idle_studies
 from dicom_node.services.worker import WorkerConfig, run_one, run_worker, stage_handlers
 from storage import audit, jobs
@@ -340,3 +341,19 @@ def test_a_long_study_renews_its_lease_and_a_lost_one_stops_the_run(
         session.execute(update(Instance).values(sha256="1" * 64))
     with pytest.raises(LeaseLost):
         deidentify_study(slow, STAGE, job, lease_seconds=30)
+
+
+def test_copies_no_row_names_are_deleted_at_start_and_named_ones_kept(
+    node: Node, study: tuple[str, list[Dataset]]
+) -> None:
+    study_ref, _ = study
+    run_one(node, HANDLERS, owner="w1", config=CONFIG)
+    kept = {row.blob_key for row in rows(node, study_ref) if row.blob_key}
+    orphan = node.blobs.write_bytes(
+        b"a copy written by a worker that died before its commit", namespace="deid"
+    )
+
+    assert discard_unreferenced_copies(node, modified_after=0.0) == 1
+    assert set(node.blobs.iter_keys("deid", modified_after=0.0)) == kept
+    with pytest.raises(BlobNotFound):
+        node.blobs.path_of(orphan)
