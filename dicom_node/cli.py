@@ -13,7 +13,7 @@ from dicom_node.core.errors import DicomNodeError
 from dicom_node.core.settings import Settings, load_settings, parse_ae_title
 from dicom_node.dicom.deid import DeidPolicy
 from dicom_node.processes import run_node
-from dicom_node.services import deid_files
+from dicom_node.services import audit_trail, deid_files
 from dicom_node.services import peers as peer_service
 from storage import migrate
 
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("scp", help="run only the DICOM receivers (scale-out against PostgreSQL)")
     commands.add_parser("worker", help="run only job workers, WORKERS processes (scale-out)")
+
+    commands.add_parser("verify-audit", help="check the audit trail's hash chain; exit 1 on a break")
 
     db = commands.add_parser("db", help="database administration").add_subparsers(
         dest="db_command", required=True
@@ -112,6 +114,21 @@ def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_verify_audit(settings: Settings, out: TextIO) -> int:
+    node = build_node(settings)
+    try:
+        result = audit_trail.verify(node)
+    finally:
+        node.engine.dispose()
+    if result.intact:
+        out.write(f"audit chain intact: {result.checked} events\n")
+        return 0
+    out.write(
+        f"audit chain broken at event {result.broken_at} [{result.reason}] after {result.checked} intact\n"
+    )
+    return 1
+
+
 def _run_deidentify(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     """One line per file (`ok IN OUT` or `failed IN CODE`), a summary, exit 1 when any file failed."""
     keys = deid_keys(settings, secret_file=args.secret_file)
@@ -144,6 +161,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return run_node(settings, out, receivers=False, workers=max(1, settings.workers))
         if args.command == "db":
             return _run_db(settings, args, out)
+        if args.command == "verify-audit":
+            return _run_verify_audit(settings, out)
         if args.command == "deidentify":
             return _run_deidentify(settings, args, out)
         return _run_peer(settings, args, out)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from dicom_node.cli import main
 from storage import migrate
@@ -66,3 +67,34 @@ def test_an_unknown_setting_in_the_environment_stops_the_command(
     monkeypatch.setenv("DICOM_NODE_AE_TITEL", "TYPO")
     assert run("db", "current")[0] == 2
     assert "DICOM_NODE_AE_TITEL" in capsys.readouterr().err
+
+
+def test_verify_audit_passes_an_intact_chain_and_exits_1_at_an_edited_event(node_env: str) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from storage import audit
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import AuditEvent
+
+    assert run("db", "upgrade")[0] == 0
+    assert run("verify-audit") == (0, "audit chain intact: 0 events\n")
+    engine = make_engine(node_env)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            for action in ("deidentify", "deidentify", "login"):
+                audit.append(
+                    session, actor="dicom-node", action=action, outcome="success", now=datetime.now(UTC)
+                )
+        assert run("verify-audit") == (0, "audit chain intact: 3 events\n")
+        with sessions.begin() as session:
+            second = session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all()[1]
+            session.execute(update(AuditEvent).where(AuditEvent.id == second).values(outcome="failure"))
+    finally:
+        engine.dispose()
+    assert run("verify-audit") == (
+        1,
+        f"audit chain broken at event {second} [audit.event_altered] after 1 intact\n",
+    )
