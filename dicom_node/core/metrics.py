@@ -30,3 +30,4 @@ DEID_STUDIES = Counter("dicom_node_deid_studies_total", "Studies the de-identifi
 JOBS_FINISHED = Counter(
     "dicom_node_jobs_finished_total", "Job attempts by kind and result.", ["kind", "result"]
 )
+AUTH_ATTEMPTS = Counter("dicom_node_auth_attempts_total", "Admin API logins by result.", ["result"])

@@ -1,0 +1,88 @@
+"""Users and bearer tokens of the admin API. Passwords arrive here already hashed; tokens as SHA-256."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage.models import ApiToken, User, new_id
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    """Who a valid token speaks for."""
+
+    token_id: str
+    kind: str
+    role: str
+    user_id: str | None
+    name: str
+
+
+def add_user(session: Session, *, username: str, password_hash: str, role: str, now: datetime) -> str:
+    user_id = new_id("usr")
+    session.add(User(id=user_id, username=username, password_hash=password_hash, role=role, created_at=now))
+    session.flush()
+    return user_id
+
+
+def user_by_name(session: Session, username: str, *, for_update: bool = False) -> User | None:
+    statement = select(User).where(User.username == username)
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).first()
+
+
+def add_token(
+    session: Session,
+    *,
+    kind: str,
+    role: str,
+    token_sha256: str,
+    now: datetime,
+    expires_at: datetime | None,
+    user_id: str | None = None,
+    name: str | None = None,
+) -> str:
+    token_id = new_id("tok")
+    session.add(
+        ApiToken(
+            id=token_id,
+            kind=kind,
+            role=role,
+            token_sha256=token_sha256,
+            user_id=user_id,
+            name=name,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    return token_id
+
+
+def token_owner(session: Session, *, token_sha256: str, now: datetime) -> TokenOwner | None:
+    """The owner of a live token: not revoked, not expired, its user (if any) not disabled."""
+    row = session.execute(
+        select(ApiToken, User)
+        .outerjoin(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_sha256 == token_sha256, ApiToken.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    token, user = row
+    if token.expires_at is not None and token.expires_at <= now:
+        return None
+    if user is not None and user.disabled:
+        return None
+    name = user.username if user is not None else (token.name or token.id)
+    return TokenOwner(token_id=token.id, kind=token.kind, role=token.role, user_id=token.user_id, name=name)
+
+
+def revoke_token(session: Session, token_id: str, *, now: datetime) -> bool:
+    result = session.execute(
+        update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(revoked_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
