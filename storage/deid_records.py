@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.models import DeidInstance, DeidOutcome, Instance, new_id
+from storage.models import DeidInstance, DeidOutcome, Instance, Series, Study, new_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +111,23 @@ def referenced_deid_keys(session: Session, keys: Sequence[str]) -> set[str]:
         return set()
     found = session.scalars(select(DeidInstance.blob_key).where(DeidInstance.blob_key.in_(keys)))
     return {key for key in found if key is not None}
+
+
+def mark_study_deidentified(
+    session: Session,
+    study_id: str,
+    *,
+    pseudonym_patient_id: str | None,
+    pseudonym_study_instance_uid: str | None,
+    now: datetime,
+) -> None:
+    """Give the study the identifiers non-PHI views show, and its modalities (not PHI)."""
+    modalities = sorted(
+        {m for m in session.scalars(select(Series.modality).where(Series.study_id == study_id)) if m}
+    )
+    values: dict[str, object] = {"deidentified_at": now, "modalities": ",".join(modalities)[:64] or None}
+    if pseudonym_patient_id is not None:
+        values["pseudonym_patient_id"] = pseudonym_patient_id
+    if pseudonym_study_instance_uid is not None:
+        values["pseudonym_study_instance_uid"] = pseudonym_study_instance_uid
+    session.execute(update(Study).where(Study.id == study_id).values(**values))

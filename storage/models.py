@@ -122,6 +122,11 @@ class Study(Base):
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Set by de-identification: what non-PHI views (API lists, logs' peers) show instead of the originals.
+    pseudonym_patient_id: Mapped[str | None] = mapped_column(String(64))
+    pseudonym_study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    deidentified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Series(Base):

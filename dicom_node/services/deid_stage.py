@@ -102,17 +102,18 @@ def deidentify_study(
     made: list[DeidRecord] = []
     mappings: dict[tuple[str, str], Mapping] = {}
     renewed_at = node.clock.now()
+    identity: dict[str, str] = {}
     try:
         for source in sources:
             if done.get(source.id) == source.sha256:
                 continue
             renewed_at = _keep_lease(node, job, renewed_at, lease_seconds=lease_seconds)
-            record = _deidentify_instance(node, stage, source, mappings)
+            record = _deidentify_instance(node, stage, source, mappings, identity)
             if record.blob_key is not None:
                 written.append(record.blob_key)
             made.append(record)
         summary = _summary(study_id, generation, made, unchanged=len(sources) - len(made))
-        superseded = _commit(node, stage, job, made, mappings, summary, lease_seconds=lease_seconds)
+        superseded = _commit(node, stage, job, made, mappings, summary, identity, lease_seconds=lease_seconds)
     except BaseException:
         for key in written:  # nothing refers to them: the next run makes them again
             with contextlib.suppress(Exception):
@@ -137,8 +138,14 @@ def _keep_lease(node: Node, job: ClaimedJob, renewed_at: datetime, *, lease_seco
 
 
 def _deidentify_instance(
-    node: Node, stage: DeidStage, source: SourceInstance, mappings: dict[tuple[str, str], Mapping]
+    node: Node,
+    stage: DeidStage,
+    source: SourceInstance,
+    mappings: dict[tuple[str, str], Mapping],
+    identity: dict[str, str],
 ) -> DeidRecord:
+    """One original → its copy in the deid store (or a withheld record); `identity` collects the
+    study's pseudonymous patient ID and Study Instance UID from the first copy."""
     try:
         path = node.blobs.path_of(source.blob_key)
     except BlobNotFound:
@@ -158,6 +165,10 @@ def _deidentify_instance(
         key = node.blobs.write_bytes(data, namespace=DEID_NAMESPACE)
     except OSError as exc:
         raise DeidStoreFailed() from exc
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = _uid(result, keyword)
+        if value is not None:
+            identity.setdefault(keyword, value)
     for pseudonym in result.pseudonyms:
         if pseudonym.original:
             mapping = Mapping(kind=pseudonym.kind, original=pseudonym.original, pseudonym=pseudonym.pseudo)
@@ -227,6 +238,7 @@ def _commit(
     made: list[DeidRecord],
     mappings: dict[tuple[str, str], Mapping],
     summary: StudyDeidSummary,
+    identity: dict[str, str],
     *,
     lease_seconds: float,
 ) -> list[str]:
@@ -244,6 +256,13 @@ def _commit(
             generation=summary.generation,
             key_id=stage.keys.key_id,
             policy_hash=stage.policy_hash,
+            now=now,
+        )
+        records_repo.mark_study_deidentified(
+            session,
+            summary.study_id,
+            pseudonym_patient_id=identity.get("PatientID"),
+            pseudonym_study_instance_uid=identity.get("StudyInstanceUID"),
             now=now,
         )
         append_event(

@@ -357,3 +357,23 @@ def test_copies_no_row_names_are_deleted_at_start_and_named_ones_kept(
     assert set(node.blobs.iter_keys("deid", modified_after=0.0)) == kept
     with pytest.raises(BlobNotFound):
         node.blobs.path_of(orphan)
+
+
+def test_the_study_row_gets_the_identifiers_non_phi_views_show(
+    node: Node, study: tuple[str, list[Dataset]]
+) -> None:
+    study_ref, originals = study
+    run_one(node, HANDLERS, owner="w1", config=CONFIG)
+    with node.sessions() as session:
+        from storage.models import Study
+
+        row = session.get(Study, study_ref)
+    assert row is not None
+    copy = copies(node, study_ref)[0]
+    assert (row.pseudonym_patient_id, row.pseudonym_study_instance_uid) == (
+        copy.PatientID,
+        copy.StudyInstanceUID,
+    )
+    assert row.pseudonym_study_instance_uid != originals[0].StudyInstanceUID
+    assert row.modalities == "CT,US"
+    assert row.deidentified_at == node.clock.now()
