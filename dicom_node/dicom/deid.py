@@ -6,7 +6,6 @@ E.1.1, PS3.3 C.12.1.1.7); an instance we cannot vouch for is rejected with a sta
 
 from __future__ import annotations
 
-import copy
 import re
 import uuid
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from importlib import metadata
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
@@ -22,12 +22,20 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_node.core.errors import DicomNodeError
 from dicom_node.dicom.deid_allowlists import REGISTERED_UIDS
-from dicom_node.dicom.deid_pixels import NOT_AT_RISK, REASON_MALFORMED, pixel_bytes_risk, pixel_risk
+from dicom_node.dicom.deid_clean import PixelsNotCleaned, clean_pixels, write_cleaned
+from dicom_node.dicom.deid_pixels import (
+    NOT_AT_RISK,
+    REASON_BURNED_IN,
+    REASON_MALFORMED,
+    pixel_bytes_risk,
+    pixel_risk,
+    ultrasound_regions_apply,
+)
 from dicom_node.dicom.deid_rules import Option
 from dicom_node.dicom.deid_table import BASE_EDITION, BASE_SOURCE, SOURCE_SHA256, TOPUP_EDITION
 from dicom_node.dicom.deid_tokens import identifying_tokens
 from dicom_node.dicom.deid_values import age_between, cap_age
-from dicom_node.dicom.deid_walk import Walk
+from dicom_node.dicom.deid_walk import Walk, private_view
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -132,17 +140,26 @@ class _Identity:
 
 def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidResult:
     """A de-identified copy of `ds`; raises DeidRejected when it cannot be made safe."""
-    # Reading pydicom elements converts them in place, so even the checks run on a private copy.
-    work = copy.deepcopy(ds)
+    # Reading pydicom elements converts them in place, so even the checks run on a private view.
+    work = private_view(ds)
     if _already_deidentified(work):
         raise DeidRejected("deid.already_deidentified")
     decision = pixel_risk(work)
-    if decision != NOT_AT_RISK:
+    # DEID.md 4.4: an at-risk instance is cleaned only by the ultrasound regions method; all else is rejected.
+    ultrasound = decision == REASON_BURNED_IN and ultrasound_regions_apply(work)
+    if decision != NOT_AT_RISK and not ultrasound:
         raise DeidRejected(decision)
     tokens = identifying_tokens(work)
-    decision = pixel_bytes_risk(work, _transfer_syntax(work), tokens)
+    # On the original bytes, before any cleaning: an identity spelled in them rejects whatever is cleaned.
+    decision = pixel_bytes_risk(work, tokens)
     if decision != NOT_AT_RISK:
         raise DeidRejected(decision)
+    try:
+        cleaned = clean_pixels(work, _transfer_syntax(work), tokens, ultrasound=ultrasound)
+    except PixelsNotCleaned as exc:
+        raise DeidRejected(exc.code) from exc
+    if cleaned is not None:
+        decision = cleaned.decision
     identity = _identity(work, policy)
     options = tuple(option for option in Option if option in policy.options)
     shift_days = (
@@ -154,9 +171,13 @@ def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidR
     body = walk.item(work, 0)
     if walk.malformed_required:
         raise DeidRejected(REASON_MALFORMED)
+    if cleaned is not None:
+        write_cleaned(body, cleaned)
     pseudonyms = _write_identity(body, identity, policy, keys, walk)
-    _record(body, options, keys, walk)
-    body.file_meta = _file_meta(work, body, policy, walk)
+    _record(body, options, keys, walk, pixels_cleaned=cleaned is not None)
+    body.file_meta = _file_meta(
+        work, body, policy, walk, transfer_syntax=cleaned.transfer_syntax if cleaned is not None else None
+    )
     for original, pseudo in walk.uids.items():
         pseudonyms.append(Pseudonym(kind="uid", pseudo=pseudo, original=original))
     report = DeidReport(
@@ -275,10 +296,14 @@ def _version() -> str:
         return "0+unknown"
 
 
-def method_description(options: tuple[Option, ...], keys: DeidKeys) -> list[str]:
+def method_description(
+    options: tuple[Option, ...], keys: DeidKeys, *, pixels_cleaned: bool = False
+) -> list[str]:
     """De-identification Method as LO values (each at most 64 characters): engine, table, options, key."""
     table_hash = SOURCE_SHA256[BASE_SOURCE][:12]
-    option_codes = ",".join(OPTION_CODES[option].value for option in options) or "none"
+    option_codes = (
+        ",".join(code.value for code in _option_codes(options, pixels_cleaned=pixels_cleaned)) or "none"
+    )
     return [
         f"dicom-node {_version()}",
         f"PS3.15 Annex E (table {BASE_EDITION}+{TOPUP_EDITION}, sha256:{table_hash})",
@@ -295,14 +320,27 @@ def _code_item(code: Code) -> Dataset:
     return item
 
 
-def _record(body: Dataset, options: tuple[Option, ...], keys: DeidKeys, walk: Walk) -> None:
+def _option_codes(options: tuple[Option, ...], *, pixels_cleaned: bool) -> list[Code]:
+    """The CID 7050 codes of what this instance had applied: the policy's options, then Clean Pixel Data."""
+    applied = [OPTION_CODES[option] for option in options]
+    if pixels_cleaned:
+        applied.append(codes.cid7050.CleanPixelDataOption)
+    return applied
+
+
+def _record(
+    body: Dataset, options: tuple[Option, ...], keys: DeidKeys, walk: Walk, *, pixels_cleaned: bool = False
+) -> None:
     """PS3.15 E.1.1 and DEID.md 4.6: what was done, on the instance itself."""
     body.PatientIdentityRemoved = "YES"
-    body.DeidentificationMethod = method_description(options, keys)
+    body.DeidentificationMethod = method_description(options, keys, pixels_cleaned=pixels_cleaned)
     body.DeidentificationMethodCodeSequence = Sequence(
         [_code_item(codes.cid7050.BasicApplicationConfidentialityProfile)]
-        + [_code_item(OPTION_CODES[option]) for option in options]
+        + [_code_item(code) for code in _option_codes(options, pixels_cleaned=pixels_cleaned)]
     )
+    if pixels_cleaned:
+        # PS3.3 C.7.6.1.1.4: cleaned pixels carry no burned-in text; a new element, the input's is untouched.
+        body["BurnedInAnnotation"] = DataElement("BurnedInAnnotation", "CS", "NO")
     shifted = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
     body.LongitudinalTemporalInformationModified = "MODIFIED" if shifted else "REMOVED"
     equipment = Dataset()
@@ -332,8 +370,13 @@ def _transfer_syntax(ds: Dataset) -> str:
     return str(getattr(meta, "TransferSyntaxUID", "") or "").rstrip("\0 ")
 
 
-def _file_meta(original: Dataset, body: Dataset, policy: DeidPolicy, walk: Walk) -> FileMetaDataset:
-    """DEID.md 4.2 rule 1: a new File Meta Information group, named after the node, not the sender."""
+def _file_meta(
+    original: Dataset, body: Dataset, policy: DeidPolicy, walk: Walk, *, transfer_syntax: str | None = None
+) -> FileMetaDataset:
+    """DEID.md 4.2 rule 1: a new File Meta Information group, named after the node, not the sender.
+
+    `transfer_syntax`: the body's own when cleaning decoded its pixel data (written uncompressed).
+    """
     source = getattr(original, "file_meta", None)
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
@@ -348,7 +391,8 @@ def _file_meta(original: Dataset, body: Dataset, policy: DeidPolicy, walk: Walk)
         sop_instance = walk.remap_uid(str(source.MediaStorageSOPInstanceUID))
     if sop_instance:
         meta.MediaStorageSOPInstanceUID = UID(sop_instance)
-    transfer_syntax = str(getattr(source, "TransferSyntaxUID", "") or "").rstrip("\0 ")
+    if transfer_syntax is None:
+        transfer_syntax = str(getattr(source, "TransferSyntaxUID", "") or "").rstrip("\0 ")
     if not transfer_syntax:
         if _looks_encapsulated(body):
             raise DeidRejected(REASON_MALFORMED)

@@ -1,7 +1,7 @@
 """Whether an instance's pixels may carry burned-in identity (DEID.md 4.4 steps 1 and 2).
 
-This slice cleans no pixels: an at-risk instance is rejected, so the pixel data of every instance that passes
-is copied byte for byte. The decision never decodes compressed pixel data.
+The decision never decodes compressed pixel data. An at-risk instance is rejected unless it is an ultrasound
+image that the regions method of `deid_clean` can clean; every other instance keeps its pixel values.
 """
 
 from __future__ import annotations
@@ -9,14 +9,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Final
 
-import numpy as np
-
 from dicom_node.dicom.deid_tokens import MIN_PIXEL_TOKEN, bytes_contain
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pydicom.dataset import Dataset
 
 NOT_AT_RISK: Final = "not_at_risk"
+# Pixel decisions of a cleaned instance (DEID.md 4.4 step 3 and mechanics); both claim Clean Pixel Data.
+CLEANED_US_REGIONS: Final = "cleaned_us_regions"
+CLEANED_BITS_ABOVE_HIGH_BIT: Final = "cleaned_bits_above_high_bit"
 REASON_BURNED_IN: Final = "deid.burned_in_uncleaned"
 REASON_ENCAPSULATED: Final = "deid.encapsulated_document"
 REASON_MALFORMED: Final = "deid.malformed_required"
@@ -62,6 +65,8 @@ AT_RISK_CLASSES: Final = frozenset(
         "77.1.9",  # Confocal Microscopy Tiled Pyramidal
     )
 )
+# PS3.4 B.5: the ultrasound classes whose images may carry a Sequence of Ultrasound Regions (PS3.3 C.8.5.5).
+ULTRASOUND_CLASSES: Final = frozenset(_STORAGE + suffix for suffix in ("3", "3.1", "6", "6.1"))
 AT_RISK_MODALITIES: Final = frozenset(
     {"US", "SC", "OT", "XC", "ES", "DOC", "GM", "SM", "XA", "RF", "IVUS", "OP"}
 )
@@ -84,7 +89,7 @@ def _text(ds: Dataset, keyword: str) -> list[str]:
 
 
 def pixel_risk(ds: Dataset) -> str:
-    """NOT_AT_RISK, or the reason code the instance is rejected with."""
+    """NOT_AT_RISK, or the reason code the instance is rejected with unless it is cleaned."""
     try:
         sop_class = "".join(_text(ds, "SOPClassUID")).rstrip("\0 ")
         if sop_class in ENCAPSULATED_DOCUMENT_CLASSES or "EncapsulatedDocument" in ds:
@@ -95,23 +100,50 @@ def pixel_risk(ds: Dataset) -> str:
         if not sop_class:
             # Without its class we cannot tell what the pixels are.
             return REASON_MALFORMED
-        if sop_class in AT_RISK_CLASSES:
-            return REASON_BURNED_IN
-        if any(value.upper() == "YES" for value in _text(ds, "BurnedInAnnotation")):
-            return REASON_BURNED_IN
-        if any(value.upper() in AT_RISK_MODALITIES for value in _text(ds, "Modality")):
-            return REASON_BURNED_IN
-        image_type = [value.upper() for value in _text(ds, "ImageType")]
-        if "SECONDARY" in image_type or any("SCREEN SAVE" in value for value in image_type):
-            return REASON_BURNED_IN
-        if any(_AT_RISK_DESCRIPTION.search(value) for value in _text(ds, "SeriesDescription")):
-            return REASON_BURNED_IN
-        if _overlay_in_pixel_bits(ds):
+        if next(_risks(ds, sop_class), None) is not None:
             return REASON_BURNED_IN
     except Exception:
         # An element the decision needs could not be read: we cannot vouch for the pixels.
         return REASON_MALFORMED
     return NOT_AT_RISK
+
+
+def ultrasound_regions_apply(ds: Dataset) -> bool:
+    """Whether an at-risk instance is at risk only as an ultrasound image that declares its regions.
+
+    Only then may the regions method clean it (DEID.md 4.4 step 3); any other sign of burned-in text, a
+    secondary capture, a screen save, an overlay in the pixel bits, keeps it rejected.
+    """
+    try:
+        if pixel_risk(ds) != REASON_BURNED_IN or "SequenceOfUltrasoundRegions" not in ds:
+            return False
+        sop_class = "".join(_text(ds, "SOPClassUID")).rstrip("\0 ")
+        risks = set(_risks(ds, sop_class))
+    except Exception:
+        return False
+    return _ULTRASOUND in risks and risks <= {_ULTRASOUND, _FLAGGED}
+
+
+_ULTRASOUND: Final = "ultrasound"
+_FLAGGED: Final = "burned_in_annotation"
+
+
+def _risks(ds: Dataset, sop_class: str) -> Iterator[str]:
+    """Each sign that the pixels may carry burned-in text (DEID.md 4.4 step 1), lazily, cheapest first."""
+    if sop_class in AT_RISK_CLASSES:
+        yield _ULTRASOUND if sop_class in ULTRASOUND_CLASSES else "class"
+    if any(value.upper() == "YES" for value in _text(ds, "BurnedInAnnotation")):
+        yield _FLAGGED
+    for value in _text(ds, "Modality"):
+        if value.upper() in AT_RISK_MODALITIES:
+            yield _ULTRASOUND if value.upper() == "US" else "modality"
+    image_type = [value.upper() for value in _text(ds, "ImageType")]
+    if "SECONDARY" in image_type or any("SCREEN SAVE" in value for value in image_type):
+        yield "image_type"
+    if any(_AT_RISK_DESCRIPTION.search(value) for value in _text(ds, "SeriesDescription")):
+        yield "series_description"
+    if _overlay_in_pixel_bits(ds):
+        yield "overlay_in_pixel_bits"
 
 
 def _overlay_in_pixel_bits(ds: Dataset) -> bool:
@@ -131,16 +163,10 @@ def _overlay_in_pixel_bits(ds: Dataset) -> bool:
     return False
 
 
-# Uncompressed transfer syntaxes (PS3.5 A.1 to A.3; deflate is inflated on read): stored values are plain.
-_NATIVE_LITTLE: Final = frozenset({"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"})
-_NATIVE_BIG: Final = "1.2.840.10008.1.2.2"
+def pixel_bytes_risk(ds: Dataset, tokens: frozenset[str]) -> str:
+    """NOT_AT_RISK, or REASON_BURNED_IN when an identifying string of the instance is in its pixel bytes.
 
-
-def pixel_bytes_risk(ds: Dataset, transfer_syntax: str, tokens: frozenset[str]) -> str:
-    """NOT_AT_RISK, or REASON_BURNED_IN when the stored pixel values hide something (DEID.md 4.4 mechanics).
-
-    Two checks that need no decoding: an identifying string of this instance spelled out in the pixel bytes,
-    and, for uncompressed data, bits set above High Bit, where overlays and other payloads hide.
+    Needs no decoding; bits set above High Bit are not a reason to reject: `deid_clean` clears them.
     """
     if 0x7FE00010 not in ds:
         return NOT_AT_RISK
@@ -150,26 +176,6 @@ def pixel_bytes_risk(ds: Dataset, transfer_syntax: str, tokens: frozenset[str]) 
             return REASON_MALFORMED
         if bytes_contain(bytes(data), tokens, MIN_PIXEL_TOKEN):
             return REASON_BURNED_IN
-        if transfer_syntax in _NATIVE_LITTLE or transfer_syntax == _NATIVE_BIG:
-            big_endian = transfer_syntax == _NATIVE_BIG
-            if _bits_above_high_bit(ds, bytes(data), big_endian=big_endian):
-                return REASON_BURNED_IN
     except Exception:
         return REASON_MALFORMED
     return NOT_AT_RISK
-
-
-def _bits_above_high_bit(ds: Dataset, data: bytes, *, big_endian: bool) -> bool:
-    allocated = int(ds.get("BitsAllocated", 0) or 0)
-    high_bit = int(ds.get("HighBit", allocated - 1) or 0)
-    if allocated not in (8, 16, 32) or high_bit >= allocated - 1:
-        return False
-    size = allocated // 8
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    dtype = np.dtype(("i" if signed else "u") + str(size)).newbyteorder(">" if big_endian else "<")
-    values = np.frombuffer(data, dtype=dtype, count=len(data) // size)
-    if signed:
-        # Above High Bit a signed value holds copies of its sign bit, nothing else.
-        top = values >> high_bit
-        return bool(np.any((top != 0) & (top != -1)))
-    return bool(np.any(values >> (high_bit + 1)))

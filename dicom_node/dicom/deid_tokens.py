@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import TYPE_CHECKING, Final
+from functools import lru_cache
+from typing import TYPE_CHECKING, Final, cast
 
+import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 from dicom_node.dicom.deid_allowlists import IDENTIFYING_SOURCES, REGISTERED_UIDS
 
 if TYPE_CHECKING:
-    from pydicom.dataelem import DataElement
+    from numpy.typing import NDArray
     from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 MIN_TOKEN: Final = 4
 # Shorter tokens would match random pixel bytes now and then; names and IDs are rarely shorter.
@@ -70,21 +74,22 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
 def _collect(ds: Dataset, tokens: set[str], depth: int) -> None:
     for tag in list(ds.keys()):
         try:
-            element = ds[tag]
-            if element.VR == "SQ":
+            element = read_element(ds, tag)
+            vr = element.VR
+            if vr == "SQ":
                 if depth < _MAX_DEPTH:
                     for item in element.value or []:
                         _collect(item, tokens, depth + 1)
                 continue
-            if element.VR == "PN" or int(tag) in IDENTIFYING_SOURCES or int(tag) == _BIRTH_DATE:
+            if vr == "PN" or tag in IDENTIFYING_SOURCES or tag == _BIRTH_DATE:
                 for value in _values(element):
                     if not isinstance(value, bytes | bytearray):
                         _add(tokens, str(value))
-            elif element.VR in ("DA", "DT"):
+            elif vr in ("DA", "DT"):
                 # Shifted in place, so an unshifted copy elsewhere would give the patient's offset away.
                 for value in _values(element):
                     _add_date(tokens, str(value))
-            elif element.VR == "UI":
+            elif vr == "UI":
                 # Remapped in place; a copy in kept text would link the output to the original study.
                 for value in _values(element):
                     uid = str(value).rstrip("\0 ")
@@ -95,11 +100,34 @@ def _collect(ds: Dataset, tokens: set[str], depth: int) -> None:
             continue
 
 
+def read_element(ds: Dataset, tag: int) -> DataElement:
+    """`ds[tag]`, without pydicom's per-call overhead when the element is converted already."""
+    # BaseTag is an int that hashes as one, so a plain int finds its element too.
+    element = ds._dict[cast("BaseTag", tag)]  # a raw element goes through ds[tag], which converts it into ds
+    if isinstance(element, DataElement):
+        return element
+    return ds[tag]
+
+
 def text_is_identifying(element: DataElement, tokens: frozenset[str]) -> bool:
     """Whether any string value of `element` contains one of `tokens`."""
-    return any(
-        token in str(value).casefold() for value in _values(element) if value != "" for token in tokens
-    )
+    by_length = _by_length_order(tokens)
+    for value in _values(element):
+        if value == "":
+            continue
+        text = str(value).casefold()
+        size = len(text)
+        for token in by_length:
+            if len(token) > size:
+                break  # the rest are longer still: none fits in this value
+            if token in text:
+                return True
+    return False
+
+
+@lru_cache(maxsize=64)
+def _by_length_order(tokens: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(tokens, key=_by_length))
 
 
 def numbers_are_identifying(element: DataElement, tokens: frozenset[str]) -> bool:
@@ -114,11 +142,77 @@ def numbers_are_identifying(element: DataElement, tokens: frozenset[str]) -> boo
 
 def bytes_contain(data: bytes, tokens: frozenset[str], minimum: int) -> bool:
     """Whether `data` holds the ASCII form of a token in any letter case."""
-    needles = sorted(token for token in tokens if len(token) >= minimum and token.isascii())
-    # A token containing another one is found whenever the shorter one is: search the shortest only.
-    needles = [token for token in needles if not any(other != token and other in token for other in needles)]
+    needles = _needles(tokens, minimum)
     if not needles:
         return False
+    if len(data) >= _LARGE and minimum >= 3:
+        found = _pair_search(data, needles)
+        if found is not None:
+            return found
     # Tokens are casefolded; one lower-case copy costs less than an upper- and a lower-case search each.
     lowered = data.lower()
-    return any(token.encode("ascii") in lowered for token in needles)
+    return any(needle in lowered for needle in needles)
+
+
+# From this size on (pixel data), one vectorised pass over byte pairs replaces a search per token.
+_LARGE: Final = 1 << 14
+# More candidate positions than this (text-like pixel values) and the plain search is the faster one.
+_MAX_CANDIDATES: Final = 1 << 12
+
+
+@lru_cache(maxsize=64)
+def _needles(tokens: frozenset[str], minimum: int) -> tuple[bytes, ...]:
+    """The ASCII tokens of at least `minimum` characters, leaving out any that contains another one (a
+    token containing another is found whenever the shorter one is, so searching the shorter one suffices)."""
+    kept: list[str] = []
+    for token in sorted(
+        (token for token in tokens if len(token) >= minimum and token.isascii()), key=_by_length
+    ):
+        if not any(other in token for other in kept):
+            kept.append(token)
+    return tuple(sorted(token.encode("ascii") for token in kept))
+
+
+def _by_length(token: str) -> tuple[int, str]:
+    return len(token), token
+
+
+@lru_cache(maxsize=8)
+def _pair_table(needles: tuple[bytes, ...]) -> tuple[NDArray[np.bool_], dict[int, list[tuple[int, bytes]]]]:
+    """Which little-endian byte pairs can open a match, and the (offset, needle) each one opens.
+
+    A needle at an even offset of the data starts with its pair at 0, at an odd offset with its pair at 1;
+    either way that pair lies on an even offset. Upper-case forms are listed too: the data is not lowered.
+    """
+    table = np.zeros(1 << 16, dtype=np.bool_)
+    starts: dict[int, list[tuple[int, bytes]]] = {}
+    for needle in needles:
+        for offset in (0, 1):
+            for first in _cases(needle[offset]):
+                for second in _cases(needle[offset + 1]):
+                    pair = first | second << 8
+                    table[pair] = True
+                    starts.setdefault(pair, []).append((offset, needle))
+    table.flags.writeable = False
+    return table, starts
+
+
+def _cases(byte: int) -> tuple[int, ...]:
+    """The bytes that `bytes.lower` turns into `byte`."""
+    return (byte, byte - 0x20) if 0x61 <= byte <= 0x7A else (byte,)
+
+
+def _pair_search(data: bytes, needles: tuple[bytes, ...]) -> bool | None:
+    """`bytes_contain` for data of any size, every needle at least 3 bytes; None when too many positions
+    look like text for this way to pay off."""
+    table, starts = _pair_table(needles)
+    pairs = np.frombuffer(data, dtype="<u2", count=len(data) // 2)
+    hits = np.flatnonzero(table.take(pairs))
+    if len(hits) > _MAX_CANDIDATES:
+        return None
+    for index, pair in zip(hits.tolist(), pairs[hits].tolist(), strict=True):
+        for offset, needle in starts[pair]:
+            start = 2 * index - offset
+            if start >= 0 and data[start : start + len(needle)].lower() == needle:
+                return True
+    return False

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from functools import lru_cache
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from pydicom.datadict import dictionary_is_retired, keyword_for_tag
 from pydicom.dataelem import DataElement, empty_value_for_VR
@@ -38,7 +39,7 @@ from dicom_node.dicom.deid_allowlists import (
 )
 from dicom_node.dicom.deid_rules import Action, Option
 from dicom_node.dicom.deid_table import PROFILE_TABLE
-from dicom_node.dicom.deid_tokens import numbers_are_identifying, text_is_identifying
+from dicom_node.dicom.deid_tokens import numbers_are_identifying, read_element, text_is_identifying
 from dicom_node.dicom.deid_values import (
     check_age,
     check_code_string,
@@ -50,11 +51,13 @@ from dicom_node.dicom.deid_values import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     from dicom_node.dicom.deid_keys import DeidKeys
+    from dicom_node.dicom.deid_rules import PatternRow, ProfileRow
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TEXT_VRS: Final = frozenset({"AE", "LO", "LT", "SH", "ST", "UT", "UC", "UR"})
 BINARY_VRS: Final = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW"})
@@ -91,15 +94,20 @@ class Walk:
         code = self._code_meaning(source)
         for tag in list(source.keys()):
             try:
-                element = source[tag]
+                element = read_element(source, tag)
                 new = self._element(element, depth, code)
             except Exception:
                 self._removed(int(tag), "failed")
                 if depth == 0 and int(tag) in REQUIRED:
                     self.malformed_required = True
                 continue
-            if new is not None:
-                cleaned.add(new)
+            if new is None:
+                continue
+            if new.VR == "SQ":
+                cleaned.add(new)  # pydicom passes the pixel representation down to the items
+            else:
+                # What Dataset.add does for a public element in a new data set, without the per-call checks.
+                cleaned._dict[new.tag] = new
         return cleaned
 
     def remap_uid(self, value: str) -> str:
@@ -115,11 +123,11 @@ class Walk:
 
     def _code_meaning(self, source: Dataset) -> str | None:
         """The dictionary meaning when this item is a coded entry from a standard scheme that we know."""
-        if CODE_VALUE not in source or CODING_SCHEME_DESIGNATOR not in source:
+        if CODE_VALUE not in source._dict or CODING_SCHEME_DESIGNATOR not in source._dict:
             return None
         try:
-            value = source[CODE_VALUE].value
-            scheme = source[CODING_SCHEME_DESIGNATOR].value
+            value = read_element(source, CODE_VALUE).value
+            scheme = read_element(source, CODING_SCHEME_DESIGNATOR).value
         except Exception:
             return None
         if not isinstance(value, str) or not isinstance(scheme, str):
@@ -156,9 +164,8 @@ class Walk:
             return None
         if depth == 0 and tag in FIXED_IDENTITY:
             return None
-        row = PROFILE_TABLE.row_for(tag)
-        if row is not None:
-            return self._apply(element, self._action(row.basic, row.options, tag), depth)
+        if _row_for(tag) is not None:
+            return self._apply(element, _action_for(tag, self.options), depth)
         return self._unlisted(element, depth, code_meaning)
 
     def _private(self, element: DataElement) -> None:
@@ -166,16 +173,6 @@ class Walk:
         if 0x0010 <= element.tag.element <= 0x00FF and isinstance(element.value, str):
             self.private_creators.append(element.value.strip())
         self.counts["private_removed"] += 1
-
-    def _action(self, basic: Action, changes: Mapping[Option, Action], tag: int) -> Action:
-        """The row's action with the policy's options in force, the first changing option winning."""
-        for option in Option:
-            if option not in self.options or option not in changes:
-                continue
-            if option is Option.RETAIN_PATIENT_CHARACTERISTICS and tag not in RETAINED_CHARACTERISTICS:
-                continue
-            return changes[option]
-        return basic
 
     def _apply(self, element: DataElement, action: Action, depth: int) -> DataElement | None:
         """Rule 3: one Table E.1-1 action on one element."""
@@ -185,7 +182,7 @@ class Walk:
             if cleaned is not None:
                 return cleaned
             # A clean we do not implement for this VR falls back to the row's Basic action.
-            row = PROFILE_TABLE.row_for(int(element.tag))
+            row = _row_for(int(element.tag))
             action = row.basic if row is not None else Action.REMOVE
         if action in (
             Action.REMOVE_OR_ZERO,
@@ -258,8 +255,17 @@ class Walk:
         if value is None or value == "":
             return DataElement(element.tag, element.VR, empty_value_for_VR(element.VR))
         if isinstance(value, MultiValue | list | tuple):
-            return DataElement(element.tag, element.VR, [transform(_as_text(item)) for item in value])
-        return DataElement(element.tag, element.VR, transform(_as_text(value)))
+            texts = [_as_text(item) for item in value]
+            mapped = [transform(text) for text in texts]
+            if mapped == texts and isinstance(value, MultiValue) and not element.is_undefined_length:
+                # Nothing changed: the element is written exactly as a new one with these values would be.
+                return element
+            return DataElement(element.tag, element.VR, mapped)
+        text = _as_text(value)
+        single = transform(text)
+        if single == text and isinstance(value, str) and not element.is_undefined_length:
+            return element
+        return DataElement(element.tag, element.VR, single)
 
     def _sequence(self, element: DataElement, depth: int) -> DataElement | None:
         if depth + 1 > MAX_DEPTH:
@@ -300,10 +306,11 @@ class Walk:
     def _unlisted(self, element: DataElement, depth: int, code_meaning: str | None) -> DataElement | None:
         """Rules 4 and 5: a standard attribute the table does not name, judged by its VR and our lists."""
         tag = int(element.tag)
-        if not keyword_for_tag(tag):
+        known, retired = _dictionary_entry(tag)
+        if not known:
             self.counts["unknown_removed"] += 1
             return None
-        if dictionary_is_retired(tag) and tag not in RETIRED_ALLOWLIST:
+        if retired and tag not in RETIRED_ALLOWLIST:
             self.counts["retired_removed"] += 1
             return None
         vr = element.VR
@@ -337,6 +344,90 @@ class Walk:
             self.counts["C"] += 1
             return DataElement(element.tag, element.VR, code_meaning)
         return element
+
+
+# Per-tag answers that depend on nothing but the tag (and the policy's options): looked up once per process.
+@lru_cache(maxsize=8192)
+def _row_for(tag: int) -> ProfileRow | PatternRow | None:
+    return PROFILE_TABLE.row_for(tag)
+
+
+@lru_cache(maxsize=8192)
+def _action_for(tag: int, options: frozenset[Option]) -> Action:
+    """The row's action with the policy's options in force, the first changing option winning."""
+    row = _row_for(tag)
+    if row is None:
+        raise KeyError(tag)
+    changes = row.options
+    for option in Option:
+        if option not in options or option not in changes:
+            continue
+        if option is Option.RETAIN_PATIENT_CHARACTERISTICS and tag not in RETAINED_CHARACTERISTICS:
+            continue
+        return changes[option]
+    return row.basic
+
+
+@lru_cache(maxsize=8192)
+def _dictionary_entry(tag: int) -> tuple[bool, bool]:
+    """Whether pydicom's dictionary knows `tag`, and whether it marks it retired."""
+    if not keyword_for_tag(tag):
+        return False, False
+    return True, bool(dictionary_is_retired(tag))
+
+
+def private_view(ds: Dataset) -> Dataset:
+    """A copy of `ds` to read from without changing it, at a fraction of a deep copy's cost.
+
+    Reading a pydicom element converts it and stores the result in its data set, so nothing may be read
+    from the caller's data set itself. The view has its own containers at every depth (element dicts,
+    sequences, items, multi-values, converted elements) and shares only what cannot change: raw elements,
+    which it converts into its own dicts when read, and immutable values (PixelData bytes are never copied).
+    """
+    view = _shallow(ds)
+    # Caches and back references of the original; a view starts without them.
+    view.__dict__["_private_blocks"] = {}
+    view.__dict__["_pixel_array"] = None
+    view.__dict__["_pixel_id"] = {}
+    if "_pixel_array_opts" in ds.__dict__:
+        view.__dict__["_pixel_array_opts"] = dict(ds.__dict__["_pixel_array_opts"])
+    charset = ds.__dict__.get("_read_charset")
+    if isinstance(charset, list):
+        view.__dict__["_read_charset"] = list(charset)
+    meta = ds.__dict__.get("file_meta")
+    if isinstance(meta, Dataset):
+        view.__dict__["file_meta"] = private_view(meta)
+    view.__dict__["_dict"] = {
+        tag: _private_element(element) if isinstance(element, DataElement) else element
+        for tag, element in ds._dict.items()
+    }
+    return view
+
+
+def _private_element(element: DataElement) -> DataElement:
+    """A copy of an already converted element with its own mutable parts."""
+    copied = _shallow(element)
+    value = element.__dict__.get("_value")
+    if isinstance(value, Sequence):
+        items = _shallow(value)
+        items.__dict__["_list"] = [
+            private_view(item) if isinstance(item, Dataset) else item for item in value
+        ]
+        copied.__dict__["_value"] = items
+    elif isinstance(value, MultiValue):
+        values = _shallow(value)
+        values.__dict__["_list"] = list(value)
+        copied.__dict__["_value"] = values
+    elif isinstance(value, list | bytearray):
+        copied.__dict__["_value"] = value.copy()
+    return copied
+
+
+def _shallow(source: _T) -> _T:
+    """A new object of the same class sharing every attribute of `source` (no __init__, no __setattr__)."""
+    copied = type(source).__new__(type(source))
+    copied.__dict__.update(source.__dict__)
+    return copied
 
 
 def _as_text(value: object) -> str:

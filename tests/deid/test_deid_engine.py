@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +28,7 @@ from dicom_node.dicom.deid import (
 )
 from dicom_node.dicom.deid_keys import DeidKeys
 from dicom_node.dicom.deid_rules import Option
-from tests.harness.datasets import PATIENT_ID_CANARY, PATIENT_NAME_CANARY, make_ct
+from tests.harness.datasets import PATIENT_ID_CANARY, PATIENT_NAME_CANARY, make_ct, make_us
 
 KEYS = DeidKeys.from_secret(bytes(range(32)))
 POLICY = DeidPolicy()
@@ -238,7 +238,7 @@ def test_overlays_and_icons_are_removed() -> None:
     assert "IconImageSequence" not in out
 
 
-def test_an_ultrasound_instance_is_rejected_as_burned_in() -> None:
+def test_an_ultrasound_instance_without_regions_is_rejected_as_burned_in() -> None:
     ds = make_ct()
     ds.SOPClassUID = UltrasoundImageStorage
     ds.Modality = "US"
@@ -246,6 +246,20 @@ def test_an_ultrasound_instance_is_rejected_as_burned_in() -> None:
         deidentify(ds)
     assert raised.value.code == "deid.burned_in_uncleaned"
     assert "CANARY" not in str(raised.value)
+
+
+def test_an_ultrasound_instance_with_regions_is_cleaned_outside_them() -> None:
+    ds = make_us(regions=[(8, 8, 40, 30)])
+    result = deidentify(ds)
+    pixels = np.frombuffer(result.dataset.PixelData, dtype=np.uint8).reshape(ds.Rows, ds.Columns)
+    original = np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(ds.Rows, ds.Columns)
+    inside = np.zeros(pixels.shape, dtype=bool)
+    inside[8:31, 8:41] = True
+    assert np.all(pixels[~inside] == 0)
+    assert np.array_equal(pixels[inside], original[inside])
+    assert result.report.pixel_decision == "cleaned_us_regions"
+    assert result.dataset.BurnedInAnnotation == "NO"
+    assert "113101" in {item.CodeValue for item in result.dataset.DeidentificationMethodCodeSequence}
 
 
 @pytest.mark.parametrize(
@@ -275,14 +289,17 @@ def test_an_overlay_in_the_pixel_bits_is_at_risk() -> None:
     assert raised.value.code == "deid.burned_in_uncleaned"
 
 
-def test_text_hidden_above_the_high_bit_is_at_risk() -> None:
+def test_text_hidden_above_the_high_bit_is_cleared() -> None:
     ds = make_ct()
     pixels = bytearray(ds.PixelData)
     pixels[1] |= 0x20  # bit 13 of the first pixel: BitsStored is 12
     ds.PixelData = bytes(pixels)
-    with pytest.raises(DeidRejected) as raised:
-        deidentify(ds)
-    assert raised.value.code == "deid.burned_in_uncleaned"
+    result = deidentify(ds)
+    out = bytearray(result.dataset.PixelData)
+    assert out[1] == pixels[1] & 0x0F
+    assert out[2:] == pixels[2:]
+    assert result.report.pixel_decision == "cleaned_bits_above_high_bit"
+    assert "113101" in {item.CodeValue for item in result.dataset.DeidentificationMethodCodeSequence}
 
 
 def test_the_patients_name_spelled_in_the_pixel_bytes_is_at_risk() -> None:
@@ -370,17 +387,6 @@ def test_pseudonyms_list_every_mapping_once() -> None:
         pseudonym.original: pseudonym.pseudo for pseudonym in result.pseudonyms if pseudonym.kind == "uid"
     }
     assert uids[study] == result.dataset.StudyInstanceUID
-
-
-def test_a_ct_header_takes_well_under_ten_milliseconds() -> None:
-    ds = make_ct(rows=512, columns=512)
-    deidentify(ds)
-    timings = []
-    for _ in range(20):
-        started = time.perf_counter()
-        deidentify(ds)
-        timings.append(time.perf_counter() - started)
-    assert min(timings) < 0.010
 
 
 # --- Fail-closed fuzzing (STYLE.md 2.8): canaries anywhere in, none out. ---

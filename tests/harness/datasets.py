@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+    generate_uid,
+)
 
 PATIENT_NAME_CANARY = "CANARY^PATIENTNAME"
 PATIENT_ID_CANARY = "CANARYMRN4711"
@@ -75,3 +83,66 @@ def write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_us(
+    *,
+    rows: int = 48,
+    columns: int = 64,
+    frames: int = 1,
+    samples: int = 1,
+    planar: int = 0,
+    regions: list[tuple[int, int, int, int]] | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """An Ultrasound (Multi-frame) Image Storage instance, 8 bits, Explicit VR Little Endian.
+
+    Every pixel value is non-zero, so zeroing shows; `regions` are (min x, min y, max x, max y), inclusive.
+    """
+    ds = make_ct(rows=rows, columns=columns, seed=seed)
+    for keyword in (
+        "KVP",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "WindowCenter",
+        "WindowWidth",
+        "SliceThickness",
+    ):
+        delattr(ds, keyword)
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "FrameOfReferenceUID"):
+        delattr(ds, keyword)
+    sop_class = UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = "US"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL"]
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    if samples > 1:
+        ds.PlanarConfiguration = planar
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.FrameTime = 33.3
+        ds.FrameIncrementPointer = Tag(0x00181063)
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(1, 256, size=frames * rows * columns * samples, dtype=np.uint8).tobytes()
+    if regions is not None:
+        items = []
+        for min_x, min_y, max_x, max_y in regions:
+            item = Dataset()
+            item.RegionSpatialFormat = 1
+            item.RegionDataType = 1
+            item.RegionFlags = 0
+            item.RegionLocationMinX0 = min_x
+            item.RegionLocationMinY0 = min_y
+            item.RegionLocationMaxX1 = max_x
+            item.RegionLocationMaxY1 = max_y
+            item.PhysicalUnitsXDirection = 3
+            item.PhysicalUnitsYDirection = 3
+            item.PhysicalDeltaX = 0.01
+            item.PhysicalDeltaY = 0.01
+            items.append(item)
+        ds.SequenceOfUltrasoundRegions = Sequence(items)
+    return ds
