@@ -107,7 +107,7 @@ def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
                     push = " push-results" if view.push_results else ""
                     out.write(f"{view.ae_title}\t{view.host}\t{view.port}{push}\n")
             else:
-                peer_service.remove_peer(session, ae_title=args.ae_title)
+                peer_service.remove_peer(session, ae_title=args.ae_title, now=node.clock.now())
                 out.write(f"removed {args.ae_title}\n")
     finally:
         node.engine.dispose()

@@ -195,3 +195,23 @@ def count_by_status(session: Session, *, kind: str | None = None) -> dict[str, i
     if kind is not None:
         statement = statement.where(Job.kind == kind)
     return {row[0]: row[1] for row in session.execute(statement)}
+
+
+def retry(session: Session, job_id: str, *, now: datetime) -> str | None:
+    """Queue a dead, failed or cancelled job again with fresh attempts; the new status, or None."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED]))
+        .values(status=JobStatus.QUEUED, attempts=0, run_at=now, last_error_code=None, updated_at=now)
+    )
+    return JobStatus.QUEUED.value if result.rowcount else None  # type: ignore[attr-defined]
+
+
+def cancel(session: Session, job_id: str, *, now: datetime) -> str | None:
+    """Cancel a job that has not finished; a running one keeps running but cannot finish any more."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(status=JobStatus.CANCELLED, lease_owner=None, lease_expires_at=None, updated_at=now)
+    )
+    return JobStatus.CANCELLED.value if result.rowcount else None  # type: ignore[attr-defined]

@@ -1,12 +1,17 @@
-"""Remote AEs the node talks to. The CLI and (later) the admin API call these."""
+"""Remote AEs the node talks to. The CLI and the admin API call these; changes are audited."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from dicom_node.core.errors import PeerAlreadyExists, PeerNotFound
+from storage import audit
 from storage import peers as peer_repo
 from storage.models import Peer, new_id
 
@@ -29,7 +34,15 @@ def _view(peer: Peer) -> PeerView:
 
 
 def add_peer(
-    session: Session, *, ae_title: str, host: str, port: int, push_results: bool, now: datetime
+    session: Session,
+    *,
+    ae_title: str,
+    host: str,
+    port: int,
+    push_results: bool,
+    now: datetime,
+    actor: str = "cli",
+    client_address: str | None = None,
 ) -> PeerView:
     if peer_repo.get_peer(session, ae_title=ae_title) is not None:
         raise PeerAlreadyExists()
@@ -37,6 +50,23 @@ def add_peer(
         id=new_id("peer"), ae_title=ae_title, host=host, port=port, push_results=push_results, created_at=now
     )
     peer_repo.add_peer(session, peer)
+    audit.append(
+        session,
+        actor=actor,
+        action="peer_add",
+        outcome="success",
+        object_ref=peer.id,
+        client_address=client_address,
+        now=now,
+        detail={"ae_title": ae_title},
+    )
+    return _view(peer)
+
+
+def get_peer(session: Session, *, ae_title: str) -> PeerView:
+    peer = peer_repo.get_peer(session, ae_title=ae_title)
+    if peer is None:
+        raise PeerNotFound()
     return _view(peer)
 
 
@@ -44,6 +74,49 @@ def list_peers(session: Session) -> Sequence[PeerView]:
     return [_view(peer) for peer in peer_repo.list_peers(session)]
 
 
-def remove_peer(session: Session, *, ae_title: str) -> None:
+def remove_peer(
+    session: Session, *, ae_title: str, now: datetime, actor: str = "cli", client_address: str | None = None
+) -> None:
     if not peer_repo.remove_peer(session, ae_title=ae_title):
         raise PeerNotFound()
+    audit.append(
+        session,
+        actor=actor,
+        action="peer_remove",
+        outcome="success",
+        object_ref=None,
+        client_address=client_address,
+        now=now,
+        detail={"ae_title": ae_title},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EchoResult:
+    ae_title: str
+    success: bool
+    status: int | None
+    elapsed_ms: float
+
+
+def echo_peer(peer: PeerView, *, calling_ae_title: str, timeout_seconds: float = 10.0) -> EchoResult:
+    """C-ECHO the peer: is it reachable and does it accept us? (Verification SOP class, PS3.4 A.4)."""
+    ae = AE(ae_title=calling_ae_title)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
+    started = time.monotonic()
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    status: int | None = None
+    try:
+        if assoc.is_established:
+            answer = assoc.send_c_echo()
+            status = int(answer.Status) if answer is not None and "Status" in answer else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return EchoResult(
+        ae_title=peer.ae_title,
+        success=status == 0,
+        status=status,
+        elapsed_ms=round((time.monotonic() - started) * 1000, 1),
+    )
