@@ -558,6 +558,8 @@ def node_env(data_dir: Path, processes: int | None, max_associations: int | None
         DICOM_NODE_DATA_DIR=str(data_dir),
         DICOM_NODE_DICOM_HOST="127.0.0.1",
         DICOM_NODE_DICOM_PORT="0",
+        DICOM_NODE_API_PORT="0",
+        DICOM_NODE_WORKERS="0",  # ingest only: no de-identification competing for the cores
         DICOM_NODE_LOG_LEVEL="WARNING",
     )
     if processes is not None:

@@ -8,14 +8,23 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from dicom_node.bootstrap import build_node, configure_file_tools, deid_keys, upgrade_database
+from dicom_node.bootstrap import (
+    api_context,
+    api_server,
+    build_node,
+    configure_file_tools,
+    deid_keys,
+    upgrade_database,
+)
 from dicom_node.core.errors import DicomNodeError
+from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings, load_settings, parse_ae_title
 from dicom_node.dicom.deid import DeidPolicy
 from dicom_node.processes import run_node
-from dicom_node.services import audit_trail, deid_files
+from dicom_node.services import audit_trail, auth, deid_files
 from dicom_node.services import peers as peer_service
 from storage import migrate
+from storage.models import Role
 
 
 def _ae_title(value: str) -> str:
@@ -44,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("scp", help="run only the DICOM receivers (scale-out against PostgreSQL)")
     commands.add_parser("worker", help="run only job workers, WORKERS processes (scale-out)")
+
+    commands.add_parser("api", help="run only the admin API and /metrics (API_HOST:API_PORT)")
+    token = commands.add_parser("token", help="machine tokens for the admin API").add_subparsers(
+        dest="token_command", required=True
+    )
+    create = token.add_parser("create", help="create a token; it is printed once, as the last line")
+    create.add_argument("--role", required=True, choices=[role.value for role in Role])
+    create.add_argument("--name", required=True, help="what the token is for, e.g. the RIS host")
+    user = commands.add_parser("user", help="admin API users").add_subparsers(
+        dest="user_command", required=True
+    )
+    add_user = user.add_parser("add", help="add a user; the password is read from stdin (one line)")
+    add_user.add_argument("username")
+    add_user.add_argument("--role", required=True, choices=[role.value for role in Role])
 
     commands.add_parser("verify-audit", help="check the audit trail's hash chain; exit 1 on a break")
 
@@ -114,6 +137,41 @@ def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_token(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    upgrade_database(settings)
+    node = build_node(settings)
+    try:
+        issued = auth.create_machine_token(node, role=Role(args.role), name=args.name)
+    finally:
+        node.engine.dispose()
+    out.write(f"created {args.role} token {issued.token_id} for {args.name}; it is shown only now:\n")
+    out.write(f"{issued.token}\n")
+    return 0
+
+
+def _run_user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
+    password = stdin.readline().rstrip("\n")
+    upgrade_database(settings)
+    node = build_node(settings)
+    try:
+        user_id = auth.add_user(node, username=args.username, password=password, role=Role(args.role))
+    finally:
+        node.engine.dispose()
+    out.write(f"added user {user_id} ({args.role})\n")
+    return 0
+
+
+def _run_api(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    upgrade_database(settings)
+    node = build_node(settings)
+    try:
+        api_server(settings, api_context(settings, node)).run()
+    finally:
+        node.engine.dispose()
+    return 0
+
+
 def _run_verify_audit(settings: Settings, out: TextIO) -> int:
     node = build_node(settings)
     try:
@@ -148,19 +206,25 @@ def _run_deidentify(settings: Settings, args: argparse.Namespace, out: TextIO) -
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+def main(argv: list[str] | None = None, out: TextIO | None = None, stdin: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
         if args.command == "serve":
-            return run_node(settings, out, receivers=True, workers=settings.workers)
+            return run_node(settings, out, receivers=True, workers=settings.workers, api=True)
         if args.command == "scp":
             return run_node(settings, out, receivers=True, workers=0)
         if args.command == "worker":
             return run_node(settings, out, receivers=False, workers=max(1, settings.workers))
         if args.command == "db":
             return _run_db(settings, args, out)
+        if args.command == "api":
+            return _run_api(settings)
+        if args.command == "token":
+            return _run_token(settings, args, out)
+        if args.command == "user":
+            return _run_user(settings, args, out, stdin or sys.stdin)
         if args.command == "verify-audit":
             return _run_verify_audit(settings, out)
         if args.command == "deidentify":

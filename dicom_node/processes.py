@@ -18,10 +18,15 @@ import queue
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+import uvicorn
+
 from dicom_node.bootstrap import (
+    api_context,
+    api_server,
     build_node,
     configure_file_tools,
     configure_libraries,
@@ -32,6 +37,8 @@ from dicom_node.bootstrap import (
     warn_about_open_defaults,
     worker_config,
 )
+from dicom_node.core.metrics_dir import clear_stale_files
+from dicom_node.core.metrics_export import process_exited, serve_metrics
 from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings
 from dicom_node.net.handoff import Dispatcher, listen
@@ -184,9 +191,14 @@ class Supervisor:
     """Runs the receivers (in-process for one, child processes for more), the completion sweeper and
     the job workers; `receivers=False` is the `worker` role: job workers only."""
 
-    def __init__(self, settings: Settings, out: TextIO, *, receivers: bool = True, workers: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, out: TextIO, *, receivers: bool = True, workers: int = 0, api: bool = False
+    ) -> None:
         self._settings = settings
         self._out = out
+        self._with_api = api
+        self._api: uvicorn.Server | None = None
+        self._api_thread: threading.Thread | None = None
         self._with_receivers = receivers
         self._worker_count = workers
         self._workers: list[_Receiver] = []
@@ -212,6 +224,7 @@ class Supervisor:
             self._out.write(f"dicom-node: {exc}\n")
             return 2
         try:
+            clear_stale_files()  # ours alone: the data directory's lock is held
             return self._run_locked()
         finally:
             os.close(lock_fd)
@@ -222,6 +235,7 @@ class Supervisor:
         deid_stage(settings)  # a bad secret stops here, before any process starts
         for index in range(self._worker_count):
             self._spawn_worker(index)
+        self._serve_metrics()
         self._out.write(
             f"dicom-node worker: {self._worker_count} process{'es' if self._worker_count != 1 else ''}; "
             f"database {describe_database(settings)}\n"
@@ -252,11 +266,18 @@ class Supervisor:
             self._stop_receivers()
             self._out.write(f"dicom-node: {exc}\n")
             return 2
+        try:
+            api_address = self._start_api(node) if self._with_api else self._serve_metrics()
+        except StartupFailed as exc:
+            logger.error("start-up failed", extra={"event": "startup_failed", "reason": "api_port"})
+            self._stop_receivers()
+            self._out.write(f"dicom-node: {exc}\n")
+            return 2
         processes = settings.scp_processes
         self._out.write(
             f"dicom-node listening: DICOM AE {settings.ae_title} on {settings.dicom_host}:{port} "
             f"({processes} receiver process{'es' if processes > 1 else ''}); "
-            f"data {settings.data_dir}; database {describe_database(settings)}\n"
+            f"{api_address}; data {settings.data_dir}; database {describe_database(settings)}\n"
         )
         self._out.flush()
         logger.info("node started", extra={"event": "node_started", "port": port, "processes": processes})
@@ -274,6 +295,7 @@ class Supervisor:
             self._restart_dead_receivers(port)
             self._restart_dead_workers()
         logger.info("node stopping", extra={"event": "node_stopping"})
+        self._stop_api()
         self._stop_receivers()
         self._stop_workers()
         sweeper.join(timeout=settings.completion_poll_seconds + 5)
@@ -319,6 +341,44 @@ class Supervisor:
         channel.close()  # the child has its own copy
         self._receivers.append(_Receiver(index=index, process=process))
 
+    def _start_api(self, node: Any) -> str:
+        """The admin API in a thread of the supervisor; its address for the start-up line."""
+        settings = self._settings
+        server = api_server(settings, api_context(settings, node, scp_listening=self._receivers_listening))
+        thread = threading.Thread(target=server.run, name="admin-api", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            server.should_exit = True
+            raise StartupFailed(f"cannot serve the admin API on {settings.api_host}:{settings.api_port}")
+        self._api, self._api_thread = server, thread
+        bound_port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.api_port
+        return f"admin API on http://{settings.api_host}:{bound_port}"
+
+    def _stop_api(self) -> None:
+        if self._api is not None and self._api_thread is not None:
+            self._api.should_exit = True
+            self._api_thread.join(timeout=10)
+
+    def _serve_metrics(self) -> str:
+        settings = self._settings
+        if not settings.metrics_port:
+            return "no metrics port"
+        try:
+            serve_metrics(settings.api_host, settings.metrics_port)
+        except OSError as exc:
+            raise StartupFailed(
+                f"cannot serve /metrics on {settings.api_host}:{settings.metrics_port}"
+            ) from exc
+        return f"metrics on http://{settings.api_host}:{settings.metrics_port}/metrics"
+
+    def _receivers_listening(self) -> bool:
+        if self._local is not None:
+            return True
+        return bool(self._receivers) and all(r.process.is_alive() for r in self._receivers)
+
     def _spawn_worker(self, index: int) -> None:
         process = self._context.Process(
             target=_worker_main, args=(self._settings.model_dump(),), name=f"dicom-node-worker-{index}"
@@ -339,6 +399,8 @@ class Supervisor:
                 },
             )
             self._workers.remove(worker)
+            if worker.process.pid is not None:
+                process_exited(worker.process.pid)
             self._spawn_worker(worker.index)
 
     def _stop_workers(self) -> None:
@@ -367,6 +429,8 @@ class Supervisor:
                 },
             )
             self._receivers.remove(receiver)
+            if receiver.process.pid is not None:
+                process_exited(receiver.process.pid)
             self._spawn(receiver.index)
             with contextlib.suppress(StartupFailed):
                 self._await_ready()
@@ -394,5 +458,5 @@ def _terminate(children: list[_Receiver], *, grace: float) -> None:
             child.process.join(timeout=5)
 
 
-def run_node(settings: Settings, out: TextIO, *, receivers: bool, workers: int) -> int:
-    return Supervisor(settings, out, receivers=receivers, workers=workers).run()
+def run_node(settings: Settings, out: TextIO, *, receivers: bool, workers: int, api: bool = False) -> int:
+    return Supervisor(settings, out, receivers=receivers, workers=workers, api=api).run()

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import DatabaseUnavailable
@@ -38,6 +38,11 @@ def downgrade(url: str, revision: str) -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def at_head(connection: Connection) -> bool:
+    """Whether the database behind an open connection is migrated to the newest revision."""
+    return MigrationContext.configure(connection).get_current_revision() == head_revision()
 
 
 def current_revision(url: str) -> str | None:

@@ -31,3 +31,17 @@ JOBS_FINISHED = Counter(
     "dicom_node_jobs_finished_total", "Job attempts by kind and result.", ["kind", "result"]
 )
 AUTH_ATTEMPTS = Counter("dicom_node_auth_attempts_total", "Admin API logins by result.", ["result"])
+RATE_LIMITED = Counter(
+    "dicom_node_rate_limited_total", "Admin API requests refused by a rate limit.", ["scope"]
+)
+HTTP_SECONDS = Histogram(
+    "dicom_node_http_request_seconds",
+    "Admin API latency by route template.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+HTTP_RESPONSES = Counter(
+    "dicom_node_http_responses_total",
+    "Admin API responses by route template and status class.",
+    ["route", "method", "status_class"],
+)

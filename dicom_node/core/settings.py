@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+    api_session_seconds: float = Field(default=1800.0, ge=60, le=86400)
+    api_lockout_attempts: int = Field(default=5, ge=1, le=100)
+    api_lockout_seconds: float = Field(default=900.0, ge=1)
+    api_rate_per_minute: int = Field(default=600, ge=1)
+    api_client_rate_per_minute: int = Field(default=1200, ge=1)
+    # `scp` and `worker` roles serve /metrics here (serve and api: on API_PORT); 0 turns it off.
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
     study_idle_seconds: float = Field(default=10.0, gt=0)
     allowed_calling_aes: CommaList = Field(default_factory=list)
     modality_allowlist: CommaList = Field(default_factory=list)

@@ -91,6 +91,11 @@ class Principal:
     name: str
     user_id: str | None
 
+    @property
+    def actor(self) -> str:
+        """How the audit trail names the caller: an internal id, never a typed name."""
+        return self.user_id or self.token_id
+
     def may(self, required: Role) -> bool:
         return _ROLE_ORDER.index(Role(self.role)) >= _ROLE_ORDER.index(required)
 

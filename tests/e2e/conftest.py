@@ -34,6 +34,8 @@ def base_settings(data_dir: Path, database_url: str, dicom_port: int) -> dict[st
         "dicom_host": "127.0.0.1",
         "dicom_port": dicom_port,
         "scp_processes": 1,
+        "api_port": 0,
+        "metrics_port": 0,
         "shutdown_grace_seconds": 5,
         "log_level": "INFO",
     }

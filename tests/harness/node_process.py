@@ -25,6 +25,7 @@ from tests.harness.waiting import wait_until
 
 LISTENING_PREFIX = "dicom-node listening:"
 _LISTENING_PORT = re.compile(r" on (?P<host>\S+):(?P<port>\d+) \(")
+_API_PORT = re.compile(r"admin API on http://(?P<host>[^:\s]+):(?P<port>\d+)")
 
 
 def dicom_node_executable() -> str:
@@ -76,6 +77,7 @@ class NodeProcess:
         self.stderr_path = log_dir / f"{name}.stderr.log"
         self.stdout_lines: list[str] = []
         self.port: int | None = None
+        self.api_port: int | None = None
         self._listening = threading.Event()
         self._stdout_closed = threading.Event()
         self._process: subprocess.Popen[str] | None = None
@@ -193,6 +195,9 @@ class NodeProcess:
                     match = _LISTENING_PORT.search(line)
                     if match:
                         self.port = int(match.group("port"))
+                    api = _API_PORT.search(line)
+                    if api:
+                        self.api_port = int(api.group("port"))
                     self._listening.set()
         finally:
             self._process.stdout.close()

@@ -1,0 +1,57 @@
+"""Login (a short-lived session token), logout (revokes it) and who am I."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from admin_api.context import ApiContext
+from admin_api.security import client_address, principal_of
+from dicom_node.services import auth
+
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+
+class LoginRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    role: str
+    expires_at: datetime | None
+
+
+class MeOut(BaseModel):
+    name: str
+    role: str
+    kind: str
+
+
+@router.post("/login", response_model=TokenOut)
+def login(body: LoginRequest, request: Request) -> TokenOut:
+    context: ApiContext = request.app.state.context
+    issued = auth.login(
+        context.node,
+        context.auth,
+        username=body.username,
+        password=body.password,
+        client_address=client_address(request),
+    )
+    return TokenOut(token=issued.token, role=issued.role, expires_at=issued.expires_at)
+
+
+@router.post("/logout", status_code=204)
+def logout(request: Request) -> None:
+    context: ApiContext = request.app.state.context
+    auth.logout(context.node, principal_of(request), client_address=client_address(request))
+
+
+@router.get("/me", response_model=MeOut)
+def me(request: Request) -> MeOut:
+    principal = principal_of(request)
+    return MeOut(name=principal.name, role=principal.role, kind=principal.kind)

@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics: public, for load balancers and scrapers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from admin_api.context import ApiContext
+from dicom_node.core.metrics_export import latest_metrics
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The API process is alive")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Database reachable, migrations at head, SCP listening, model state")
+def readyz(request: Request) -> JSONResponse:
+    context: ApiContext = request.app.state.context
+    state = context.readiness()
+    body = {"ready": state.ready, **asdict(state)}
+    return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics of every node process")
+def metrics() -> Response:
+    return Response(latest_metrics(), media_type=CONTENT_TYPE_LATEST)

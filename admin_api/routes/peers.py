@@ -1,0 +1,82 @@
+"""Remote AEs: list and read for everyone, add and remove for admins, C-ECHO for operators."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, field_validator
+
+from admin_api.context import ApiContext
+from admin_api.security import client_address, principal_of
+from dicom_node.core.settings import parse_ae_title
+from dicom_node.services import peers
+from dicom_node.services.peers import EchoResult, PeerView
+
+router = APIRouter(prefix="/api/v1/peers", tags=["peers"])
+
+
+class PeerIn(BaseModel):
+    ae_title: str
+    host: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\-]+$")
+    port: int = Field(ge=1, le=65535)
+    push_results: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return parse_ae_title(value)
+
+
+@router.get("", response_model=list[PeerView])
+def list_peers(request: Request) -> Sequence[PeerView]:
+    context: ApiContext = request.app.state.context
+    with context.node.sessions() as session:
+        return peers.list_peers(session)
+
+
+@router.post("", response_model=PeerView, status_code=201)
+def add_peer(request: Request, body: PeerIn) -> PeerView:
+    context: ApiContext = request.app.state.context
+    principal = principal_of(request)
+    with context.node.sessions.begin() as session:
+        return peers.add_peer(
+            session,
+            ae_title=body.ae_title,
+            host=body.host,
+            port=body.port,
+            push_results=body.push_results,
+            now=context.node.clock.now(),
+            actor=principal.actor,
+            client_address=client_address(request),
+        )
+
+
+@router.get("/{ae_title}", response_model=PeerView)
+def get_peer(request: Request, ae_title: str) -> PeerView:
+    context: ApiContext = request.app.state.context
+    with context.node.sessions() as session:
+        return peers.get_peer(session, ae_title=ae_title)
+
+
+@router.delete("/{ae_title}", status_code=204)
+def remove_peer(request: Request, ae_title: str) -> None:
+    context: ApiContext = request.app.state.context
+    principal = principal_of(request)
+    with context.node.sessions.begin() as session:
+        peers.remove_peer(
+            session,
+            ae_title=ae_title,
+            now=context.node.clock.now(),
+            actor=principal.actor,
+            client_address=client_address(request),
+        )
+
+
+@router.post("/{ae_title}/echo", response_model=EchoResult)
+async def echo_peer(request: Request, ae_title: str) -> EchoResult:
+    context: ApiContext = request.app.state.context
+    with context.node.sessions() as session:
+        peer = peers.get_peer(session, ae_title=ae_title)
+    return await run_in_threadpool(peers.echo_peer, peer, calling_ae_title=context.ae_title)
