@@ -28,6 +28,7 @@ from dicom_node.services.auth import AuthPolicy
 from dicom_node.services.deid_stage import DeidStage
 from dicom_node.services.health import readiness, tcp_listening
 from dicom_node.services.node import IngestPolicy, Node
+from dicom_node.services.node_state import NodeStateCollector
 from dicom_node.services.worker import WorkerConfig
 from storage import migrate
 from storage.blobs import FileBlobStore
@@ -178,6 +179,7 @@ def api_context(
         readiness=lambda: readiness(node, scp_listening=probe),
         user_limiter=RateLimiter(per_minute=settings.api_rate_per_minute),
         client_limiter=RateLimiter(per_minute=settings.api_client_rate_per_minute),
+        collectors=(NodeStateCollector(node),),
     )
 
 

@@ -43,6 +43,7 @@ from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings
 from dicom_node.net.handoff import Dispatcher, listen
 from dicom_node.net.scp import ScpServer, start_scp
+from dicom_node.services.node_state import NodeStateCollector
 from dicom_node.services.recovery import discard_unreferenced_copies, quarantine_unreferenced_blobs
 from dicom_node.services.studies import run_completion_sweeper
 from dicom_node.services.worker import run_worker, stage_handlers
@@ -235,7 +236,7 @@ class Supervisor:
         deid_stage(settings)  # a bad secret stops here, before any process starts
         for index in range(self._worker_count):
             self._spawn_worker(index)
-        self._serve_metrics()
+        self._serve_metrics(build_node(settings))
         self._out.write(
             f"dicom-node worker: {self._worker_count} process{'es' if self._worker_count != 1 else ''}; "
             f"database {describe_database(settings)}\n"
@@ -267,7 +268,7 @@ class Supervisor:
             self._out.write(f"dicom-node: {exc}\n")
             return 2
         try:
-            api_address = self._start_api(node) if self._with_api else self._serve_metrics()
+            api_address = self._start_api(node) if self._with_api else self._serve_metrics(node)
         except StartupFailed as exc:
             logger.error("start-up failed", extra={"event": "startup_failed", "reason": "api_port"})
             self._stop_receivers()
@@ -362,12 +363,12 @@ class Supervisor:
             self._api.should_exit = True
             self._api_thread.join(timeout=10)
 
-    def _serve_metrics(self) -> str:
+    def _serve_metrics(self, node: Any) -> str:
         settings = self._settings
         if not settings.metrics_port:
             return "no metrics port"
         try:
-            serve_metrics(settings.api_host, settings.metrics_port)
+            serve_metrics(settings.api_host, settings.metrics_port, (NodeStateCollector(node),))
         except OSError as exc:
             raise StartupFailed(
                 f"cannot serve /metrics on {settings.api_host}:{settings.metrics_port}"

@@ -28,5 +28,6 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics of every node process")
-def metrics() -> Response:
-    return Response(latest_metrics(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> Response:
+    context: ApiContext = request.app.state.context
+    return Response(latest_metrics(context.collectors), media_type=CONTENT_TYPE_LATEST)

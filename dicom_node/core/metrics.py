@@ -45,3 +45,9 @@ HTTP_RESPONSES = Counter(
     "Admin API responses by route template and status class.",
     ["route", "method", "status_class"],
 )
+JOB_SECONDS = Histogram(
+    "dicom_node_job_seconds",
+    "Time one job attempt ran, by kind.",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+)

@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess, start_http_server
+from collections.abc import Iterable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Metric,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
 
 from dicom_node.core.metrics_dir import multiprocess_dir
 
 
-def registry() -> CollectorRegistry:
-    """Every process's metrics in multiprocess mode, else this process's registry."""
-    if multiprocess_dir() is None:
-        return REGISTRY
+def registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """Every process's metrics in multiprocess mode (else this process's), plus `extra` collectors."""
     collecting = CollectorRegistry()
-    multiprocess.MultiProcessCollector(collecting)  # type: ignore[no-untyped-call]
+    if multiprocess_dir() is None:
+        collecting.register(_Forward(REGISTRY))
+    else:
+        multiprocess.MultiProcessCollector(collecting)  # type: ignore[no-untyped-call]
+    for collector in extra:
+        collecting.register(collector)
     return collecting
 
 
-def latest_metrics() -> bytes:
-    return generate_latest(registry())
+class _Forward(Collector):
+    """This process's default registry, as one collector of another registry."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return self._source.collect()
 
 
-def serve_metrics(host: str, port: int) -> None:
+def latest_metrics(extra: Iterable[Collector] = ()) -> bytes:
+    return generate_latest(registry(extra))
+
+
+def serve_metrics(host: str, port: int, extra: Iterable[Collector] = ()) -> None:
     """/metrics on its own port, for the roles without the admin API (scp, worker)."""
-    start_http_server(port, addr=host, registry=registry())
+    start_http_server(port, addr=host, registry=registry(extra))
 
 
 def process_exited(pid: int) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def run_one(node: Node, handlers: Mapping[str, Handler], *, owner: str, config: 
 
 def _run(node: Node, handler: Handler, job: ClaimedJob) -> None:
     extra = {"job_ref": job.id, "job_kind": job.kind, "attempt": job.attempts}
+    started = time.perf_counter()
     try:
         handler(node, job)
     except LeaseLost:
@@ -97,6 +99,8 @@ def _run(node: Node, handler: Handler, job: ClaimedJob) -> None:
         )
         _fail(node, job, INTERNAL_ERROR, extra)
         return
+    finally:
+        metrics.JOB_SECONDS.labels(kind=job.kind).observe(time.perf_counter() - started)
     metrics.JOBS_FINISHED.labels(kind=job.kind, result="succeeded").inc()
 
 
