@@ -98,3 +98,47 @@ def test_verify_audit_passes_an_intact_chain_and_exits_1_at_an_edited_event(node
         1,
         f"audit chain broken at event {second} [audit.event_altered] after 1 intact\n",
     )
+
+
+def test_token_create_prints_the_token_once_as_the_last_line_and_stores_only_its_hash(node_env: str) -> None:
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import ApiToken
+
+    code, out = run("token", "create", "--role", "operator", "--name", "ris-01")
+    assert code == 0
+    token = out.splitlines()[-1]
+    assert token.startswith("dn_") and len(token) > 40
+    engine = make_engine(node_env)
+    try:
+        with make_sessionmaker(engine)() as session:
+            (row,) = session.scalars(select(ApiToken)).all()
+    finally:
+        engine.dispose()
+    assert (row.role, row.name, row.kind) == ("operator", "ris-01", "machine")
+    assert token not in row.token_sha256 and len(row.token_sha256) == 64
+
+
+def test_user_add_reads_the_password_from_stdin_and_refuses_a_short_one(
+    node_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    assert (
+        main(
+            ["user", "add", "alice", "--role", "admin"], out=out, stdin=io.StringIO("long enough password\n")
+        )
+        == 0
+    )
+    assert out.getvalue().startswith("added user usr_")
+    assert (
+        main(["user", "add", "bob", "--role", "viewer"], out=io.StringIO(), stdin=io.StringIO("short\n")) == 2
+    )
+    assert "[auth.user_invalid]" in capsys.readouterr().err
+    assert (
+        main(
+            ["user", "add", "alice", "--role", "admin"],
+            out=io.StringIO(),
+            stdin=io.StringIO("long enough password\n"),
+        )
+        == 2
+    )
+    assert "[auth.user_exists]" in capsys.readouterr().err
