@@ -27,12 +27,18 @@ from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.core import metrics
+from dicom_node.core.errors import InstanceRejected
 from dicom_node.core.observability import assoc_id, bound, correlation_id, new_correlation_id
 from dicom_node.dicom.dimse_status import Status
 from dicom_node.dicom.validation import ReceiveContext
 from dicom_node.net.servers import HandedOffServer, ListeningServer
 from dicom_node.net.status import status_for_error
 from dicom_node.services import ingest
+from dicom_node.services.transfer_audit import (
+    AssociationTally,
+    write_association_refused,
+    write_transfer_events,
+)
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -61,10 +67,11 @@ class ScpConfig:
 
 
 class _AssociationRefs:
-    """Our id for each association, so log lines of one association can be joined."""
+    """Our id for each association, so log lines of one association can be joined, and its tally."""
 
     def __init__(self) -> None:
         self._refs: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._tallies: weakref.WeakKeyDictionary[Association, AssociationTally] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def ref(self, assoc: Association) -> str:
@@ -73,6 +80,17 @@ class _AssociationRefs:
             if ref is None:
                 ref = self._refs[assoc] = new_correlation_id("as")
             return ref
+
+    def tally(self, assoc: Association) -> AssociationTally:
+        with self._lock:
+            tally = self._tallies.get(assoc)
+            if tally is None:
+                tally = self._tallies[assoc] = AssociationTally()
+            return tally
+
+    def pop_tally(self, assoc: Association) -> AssociationTally:
+        with self._lock:
+            return self._tallies.pop(assoc, None) or AssociationTally()
 
 
 _REFS = _AssociationRefs()
@@ -110,10 +128,15 @@ def on_c_store(event: Event, node: Node) -> int | Dataset:
             called_ae_title=str(event.assoc.acceptor.ae_title).strip(),
             association_ref=ref,
         )
+        tally = _REFS.tally(event.assoc)
         try:
-            ingest.receive_instance(node, received)
+            outcome = ingest.receive_instance(node, received)
         except Exception as error:  # the boundary: every failure becomes a status, the node keeps serving
             status, code = status_for_error(error)
+            if isinstance(error, InstanceRejected):
+                tally.refused(error.codes)
+            else:
+                tally.failure()
             if status is Status.OUT_OF_RESOURCES:
                 logger.error(
                     "instance not stored",
@@ -123,6 +146,7 @@ def on_c_store(event: Event, node: Node) -> int | Dataset:
             return _failure(status, code)
         finally:
             metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        tally.stored(outcome.study_ref, outcome.result.value)
         return int(Status.SUCCESS)
 
 
@@ -151,22 +175,40 @@ def _on_established(event: Event) -> None:
         )
 
 
-def _on_closed(event: Event) -> None:
+def _on_closed(event: Event, node: Node) -> None:
     metrics.ASSOCIATIONS_ACTIVE.dec()
-    with _association_context(event.assoc):
+    with _association_context(event.assoc) as ref:
         logger.info("association closed", extra={"event": "association_closed", "reason": event.event.name})
+        write_transfer_events(
+            node,
+            _REFS.pop_tally(event.assoc),
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            client_address=_peer_address(event.assoc),
+            association_ref=ref,
+            aborted=event.event is evt.EVT_ABORTED,
+        )
 
 
-def _on_rejected(event: Event) -> None:
+def _peer_address(assoc: Association) -> str | None:
+    address = getattr(assoc.requestor, "address", None)
+    return str(address) if address else None
+
+
+def _on_rejected(event: Event, node: Node) -> None:
     metrics.ASSOCIATIONS.labels(result="rejected").inc()
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    called_ae = str(event.assoc.acceptor.ae_title).strip()
     with _association_context(event.assoc):
         logger.warning(
             "association rejected",
-            extra={
-                "event": "association_rejected",
-                "calling_ae": str(event.assoc.requestor.ae_title).strip(),
-                "called_ae": str(event.assoc.acceptor.ae_title).strip(),
-            },
+            extra={"event": "association_rejected", "calling_ae": calling_ae, "called_ae": called_ae},
+        )
+        write_association_refused(
+            node,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            client_address=_peer_address(event.assoc),
+            reason="association_rejected",
         )
 
 
@@ -236,9 +278,9 @@ def start_scp(node: Node, config: ScpConfig, *, channel: socket.socket | None = 
         (evt.EVT_C_ECHO, on_c_echo),
         (evt.EVT_CONN_OPEN, _on_conn_open),
         (evt.EVT_ESTABLISHED, _on_established),
-        (evt.EVT_RELEASED, _on_closed),
-        (evt.EVT_ABORTED, _on_closed),
-        (evt.EVT_REJECTED, _on_rejected),
+        (evt.EVT_RELEASED, _on_closed, [node]),
+        (evt.EVT_ABORTED, _on_closed, [node]),
+        (evt.EVT_REJECTED, _on_rejected, [node]),
     ]
     server_class = ListeningServer if channel is None else HandedOffServer
     server = ae.make_server(
