@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_user.add_argument("username")
     add_user.add_argument("--role", required=True, choices=[role.value for role in Role])
 
+    export = commands.add_parser("audit-export", help="print audit events as RFC 5424 syslog lines")
+    export.add_argument("--after-id", type=int, default=0, help="only events after this id (resume point)")
     commands.add_parser("verify-audit", help="check the audit trail's hash chain; exit 1 on a break")
 
     db = commands.add_parser("db", help="database administration").add_subparsers(
@@ -172,6 +174,16 @@ def _run_api(settings: Settings) -> int:
     return 0
 
 
+def _run_audit_export(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    node = build_node(settings)
+    try:
+        for line in audit_trail.syslog_export(node, after_id=args.after_id):
+            out.write(line + "\n")
+    finally:
+        node.engine.dispose()
+    return 0
+
+
 def _run_verify_audit(settings: Settings, out: TextIO) -> int:
     node = build_node(settings)
     try:
@@ -225,6 +237,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, stdin: TextIO
             return _run_token(settings, args, out)
         if args.command == "user":
             return _run_user(settings, args, out, stdin or sys.stdin)
+        if args.command == "audit-export":
+            return _run_audit_export(settings, args, out)
         if args.command == "verify-audit":
             return _run_verify_audit(settings, out)
         if args.command == "deidentify":

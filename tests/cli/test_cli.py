@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,47 @@ def test_user_add_reads_the_password_from_stdin_and_refuses_a_short_one(
         == 2
     )
     assert "[auth.user_exists]" in capsys.readouterr().err
+
+
+_RFC5424 = re.compile(
+    r"<(?P<pri>\d{1,3})>1 (?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (?P<host>[!-~]{1,255}) dicom-node - "
+    r"(?P<msgid>[!-~]{1,32}) \[dicom-node@32473"
+    r'(?P<params>(?: [a-z]+="(?:[^"\\\]]|\\["\\\]])*")+)\] (?P<msg>\{.*\})'
+)
+
+
+def test_audit_export_prints_rfc5424_lines_in_order_and_resumes_after_an_id(node_env: str) -> None:
+    from datetime import UTC, datetime
+
+    from storage import audit
+    from storage.db import make_engine, make_sessionmaker
+
+    assert run("db", "upgrade")[0] == 0
+    engine = make_engine(node_env)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            audit.append(
+                session,
+                actor="MODALITY1",
+                action="receive",
+                outcome="success",
+                now=datetime.now(UTC),
+                object_ref="std_1",
+                detail={"instances": {"stored": 3}},
+            )
+            audit.append(
+                session, actor='we"ird]\\actor', action="login", outcome="failure", now=datetime.now(UTC)
+            )
+    finally:
+        engine.dispose()
+    code, out = run("audit-export")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    first, second = (_RFC5424.fullmatch(line) for line in lines)
+    assert first is not None and second is not None, lines
+    assert (first["pri"], first["msgid"], second["pri"], second["msgid"]) == ("37", "receive", "36", "login")
+    assert 'object="std_1"' in first["params"] and json.loads(first["msg"]) == {"instances": {"stored": 3}}
+    assert 'actor="we\\"ird\\]\\\\actor"' in second["params"]
+    first_id = int(re.search(r' id="(\d+)"', lines[0]).group(1))  # type: ignore[union-attr]
+    assert run("audit-export", "--after-id", str(first_id)) == (0, lines[1] + "\n")
