@@ -20,8 +20,15 @@ from admin_api.routes import audit, auth, health, jobs, peers, rejections, studi
 from admin_api.security import authorize
 from dicom_node.core import metrics
 from dicom_node.core.observability import bound, correlation_id, new_correlation_id
+from storage.audit import request_origin
 
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{8,64}")
+
+
+def _user_agent(request: Request) -> str | None:
+    """The User-Agent for the audit trail: printable ASCII, at most 200 characters."""
+    agent = "".join(ch for ch in request.headers.get("user-agent", "") if 32 <= ord(ch) < 127)[:200]
+    return agent or None
 
 
 def create_app(context: ApiContext) -> FastAPI:
@@ -49,8 +56,13 @@ def create_app(context: ApiContext) -> FastAPI:
         supplied = request.headers.get("x-request-id", "")
         request_id = supplied if _REQUEST_ID.fullmatch(supplied) else new_correlation_id("req")
         started = time.perf_counter()
-        with bound(correlation_id, request_id):
-            response = await call_next(request)
+        origin = (request.client.host if request.client else None, _user_agent(request))
+        token = request_origin.set(origin)
+        try:
+            with bound(correlation_id, request_id):
+                response = await call_next(request)
+        finally:
+            request_origin.reset(token)
         route = getattr(request.scope.get("route"), "path", None) or "unmatched"
         metrics.HTTP_SECONDS.labels(route=route, method=request.method).observe(time.perf_counter() - started)
         metrics.HTTP_RESPONSES.labels(

@@ -8,6 +8,7 @@ chain never forks when several processes write at once. Texts are codes and coun
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from collections.abc import Mapping
@@ -20,6 +21,11 @@ from sqlalchemy.orm import Session
 from storage.models import AuditEvent
 
 GENESIS_HASH = "0" * 64
+# Where the current request came from (client address, user agent), set by the API per request, so
+# every event a request causes names it without each service passing it along.
+request_origin: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "request_origin", default=(None, None)
+)
 # An arbitrary constant naming "the audit chain" among PostgreSQL advisory locks.
 _ADVISORY_LOCK_KEY = 0x61756469
 
@@ -65,6 +71,9 @@ def append(
     correlation_id: str | None = None,
 ) -> AuditEvent:
     """Append one event in the caller's transaction (it commits with the change it records)."""
+    origin_address, origin_agent = request_origin.get()
+    client_address = client_address or origin_address
+    user_agent = user_agent or origin_agent
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
     prev_hash = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
