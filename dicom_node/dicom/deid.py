@@ -31,7 +31,7 @@ from dicom_node.dicom.deid_pixels import (
     pixel_risk,
     ultrasound_regions_apply,
 )
-from dicom_node.dicom.deid_rules import Option
+from dicom_node.dicom.deid_rules import Option, SafePrivate
 from dicom_node.dicom.deid_table import BASE_EDITION, BASE_SOURCE, SOURCE_SHA256, TOPUP_EDITION
 from dicom_node.dicom.deid_tokens import identifying_tokens
 from dicom_node.dicom.deid_values import age_between, cap_age
@@ -56,12 +56,22 @@ OPTION_CODES: Final[Mapping[Option, Code]] = MappingProxyType(
             codes.cid7050.RetainLongitudinalTemporalInformationModifiedDatesOption
         ),
         Option.RETAIN_PATIENT_CHARACTERISTICS: codes.cid7050.RetainPatientCharacteristicsOption,
+        Option.RETAIN_SAFE_PRIVATE: codes.cid7050.RetainSafePrivateOption,
     }
 )
 # Our Implementation Class UID (PS3.7 D.3.3.2): a 2.25 UID (PS3.5 B.2) derived from a fixed name.
 IMPLEMENTATION_CLASS_UID: Final = (
     f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'urn:dicom-node:implementation').int}"
 )
+# DEID.md 4.5: SR documents (PS3.4 B.5, the 88.x classes: SR, KOS, CAD, dose reports...). Table E.1-1 makes
+# their Content Sequence D, which leaves no conformant document, and this engine does not claim Clean
+# Structured Content (113104). So an SR is rejected whole with this code: the original stays in the PHI
+# store, nothing half-cleaned reaches a PACS, and no free text of a report (TEXT items, observer names,
+# local codes) can slip through a partial clean. A PACS admin sees one clear reason per SR.
+REASON_STRUCTURED_CONTENT: Final = "deid.structured_content"
+_SR_CLASS_PREFIX: Final = "1.2.840.10008.5.1.4.1.1.88."
+# The identity of an instance (PS3.3 C.12.1, C.7.2.1): without them there is nothing to pass on.
+_REQUIRED_IDENTITY: Final = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
 _AE_TITLE: Final = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _ISSUER: Final = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,64}")
 
@@ -74,8 +84,16 @@ class DeidPolicy:
     default_issuer: str = "DICOM_NODE"
     node_ae_title: str = "DICOM_NODE"
     max_age_years: int = 90
+    # DEID.md 4.2 rule 2: the private elements models declared safe (numbers only); none by default. A kept
+    # element claims Retain Safe Private (113111) on the instance; an empty list claims nothing.
+    safe_private: frozenset[SafePrivate] = frozenset()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "safe_private", frozenset(self.safe_private))
+        if not all(isinstance(entry, SafePrivate) for entry in self.safe_private):
+            raise ValueError("safe_private holds SafePrivate entries only")
+        if len({entry.key for entry in self.safe_private}) != len(self.safe_private):
+            raise ValueError("two safe_private entries for one (group, creator, offset)")
         unsupported = set(self.options) - SUPPORTED_OPTIONS
         if unsupported:
             raise ValueError(f"options not implemented: {sorted(option.value for option in unsupported)}")
@@ -114,6 +132,8 @@ class DeidReport:
     private_creators_removed: tuple[str, ...]
     pixel_decision: str
     options_applied: tuple[Option, ...]
+    # Creators of the blocks a safe-listed element was kept from (DEID.md 4.6), through the same filter.
+    private_creators_kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +164,9 @@ def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidR
     work = private_view(ds)
     if _already_deidentified(work):
         raise DeidRejected("deid.already_deidentified")
+    sop_class = _required_identity(work)
+    if sop_class.startswith(_SR_CLASS_PREFIX):
+        raise DeidRejected(REASON_STRUCTURED_CONTENT)
     decision = pixel_risk(work)
     # DEID.md 4.4: an at-risk instance is cleaned only by the ultrasound regions method; all else is rejected.
     ultrasound = decision == REASON_BURNED_IN and ultrasound_regions_apply(work)
@@ -167,10 +190,23 @@ def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidR
         if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in policy.options
         else None
     )
-    walk = Walk(options=policy.options, keys=keys, shift_days=shift_days, tokens=tokens)
+    walk = Walk(
+        options=policy.options,
+        keys=keys,
+        shift_days=shift_days,
+        tokens=tokens,
+        sop_class=sop_class,
+        safe_private=_safe_private_index(policy.safe_private),
+    )
     body = walk.item(work, 0)
     if walk.malformed_required:
         raise DeidRejected(REASON_MALFORMED)
+    if walk.identifying_signal:
+        # Waveform samples spelling an identity: rejected like pixel data that does (DEID.md 4.4).
+        raise DeidRejected(REASON_BURNED_IN)
+    if walk.private_creators_kept:
+        kept = {*options, Option.RETAIN_SAFE_PRIVATE}
+        options = tuple(option for option in Option if option in kept)
     if cleaned is not None:
         write_cleaned(body, cleaned)
     pseudonyms = _write_identity(body, identity, policy, keys, walk)
@@ -185,8 +221,14 @@ def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidR
         private_creators_removed=_reportable_creators(walk.private_creators, walk.tokens),
         pixel_decision=decision,
         options_applied=options,
+        private_creators_kept=_reportable_creators(walk.private_creators_kept, walk.tokens),
     )
     return DeidResult(dataset=body, pseudonyms=_unique(pseudonyms), report=report)
+
+
+@cache
+def _safe_private_index(entries: frozenset[SafePrivate]) -> Mapping[tuple[int, str, int], SafePrivate]:
+    return MappingProxyType({entry.key: entry for entry in entries})
 
 
 def _already_deidentified(ds: Dataset) -> bool:
@@ -200,6 +242,15 @@ def _already_deidentified(ds: Dataset) -> bool:
         return False
     first = method if isinstance(method, str) else next(iter(method), "")
     return str(first).strip().startswith("dicom-node")
+
+
+def _required_identity(ds: Dataset) -> str:
+    """The SOP Class UID, once SOP Class, SOP Instance and Study Instance UID are all present and readable;
+    an instance without them (a file pydicom read no elements from) is rejected, never passed on empty."""
+    for keyword in _REQUIRED_IDENTITY:
+        if not _string(ds, keyword):
+            raise DeidRejected(REASON_MALFORMED)
+    return (_string(ds, "SOPClassUID") or "").rstrip("\0 ")
 
 
 def _string(ds: Dataset, keyword: str) -> str | None:
@@ -252,26 +303,26 @@ def _write_identity(
     pid = keys.patient_pseudonym(identity.issuer, identity.patient_id)
     original = "" if identity.patient_id.startswith(_NO_PATIENT_ID) else identity.patient_id
     pseudonyms.append(Pseudonym(kind="patient_id", pseudo=pid, original=original))
-    body.PatientName = f"ANON^{pid}"
-    body.PatientID = pid
-    body.IssuerOfPatientID = policy.default_issuer
-    body.PatientBirthDate = ""
+    _put(body, 0x00100010, "PN", f"ANON^{pid}")  # PatientName
+    _put(body, 0x00100020, "LO", pid)  # PatientID
+    _put(body, 0x00100021, "LO", policy.default_issuer)  # IssuerOfPatientID
+    _put(body, 0x00100030, "DA", "")  # PatientBirthDate
     walk.counts["D"] += 2
     walk.counts["Z"] += 1
-    for keyword, kind, value, pseudonym_of in (
-        ("AccessionNumber", "accession", identity.accession, keys.accession),
-        ("StudyID", "study_id", identity.study_id, keys.study_id),
+    for tag, kind, value, pseudonym_of in (
+        (0x00080050, "accession", identity.accession, keys.accession),  # AccessionNumber
+        (0x00200010, "study_id", identity.study_id, keys.study_id),  # StudyID
     ):
         if value is None:
             continue  # absent in the input: stays absent
         pseudo = pseudonym_of(identity.issuer, value) if value else ""
         if pseudo:
             pseudonyms.append(Pseudonym(kind=kind, pseudo=pseudo, original=value))
-        setattr(body, keyword, pseudo)
+        _put(body, tag, "SH", pseudo)
     if Option.RETAIN_PATIENT_CHARACTERISTICS in policy.options:
         age = _age(identity, policy.max_age_years)
         if age is not None:
-            body.PatientAge = age
+            _put(body, 0x00101010, "AS", age)  # PatientAge
             walk.counts["K"] += 1
     return pseudonyms
 
@@ -300,24 +351,40 @@ def method_description(
     options: tuple[Option, ...], keys: DeidKeys, *, pixels_cleaned: bool = False
 ) -> list[str]:
     """De-identification Method as LO values (each at most 64 characters): engine, table, options, key."""
-    table_hash = SOURCE_SHA256[BASE_SOURCE][:12]
-    option_codes = (
-        ",".join(code.value for code in _option_codes(options, pixels_cleaned=pixels_cleaned)) or "none"
-    )
-    return [
-        f"dicom-node {_version()}",
-        f"PS3.15 Annex E (table {BASE_EDITION}+{TOPUP_EDITION}, sha256:{table_hash})",
-        f"options: {option_codes}",
-        f"key:{keys.key_id}",
-    ]
+    return _method(options, keys.key_id, pixels_cleaned)
 
 
 def _code_item(code: Code) -> Dataset:
     item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme_designator
-    item.CodeMeaning = code.meaning
+    _put(item, 0x00080100, "SH", code.value)
+    _put(item, 0x00080102, "SH", code.scheme_designator)
+    _put(item, 0x00080104, "LO", code.meaning)
     return item
+
+
+def _put(ds: Dataset, tag: int, vr: str, value: object) -> None:
+    """`ds.<keyword> = value` for a public, non-sequence element, by tag: no keyword lookup, no checks."""
+    element = DataElement(tag, vr, value)
+    ds._dict[element.tag] = element
+
+
+@cache
+def _method_values(options: tuple[Option, ...], key_id: str, pixels_cleaned: bool) -> tuple[str, ...]:
+    """De-identification Method for one policy, key and pixel outcome: built once, copied per instance."""
+    table_hash = SOURCE_SHA256[BASE_SOURCE][:12]
+    option_codes = (
+        ",".join(code.value for code in _option_codes(options, pixels_cleaned=pixels_cleaned)) or "none"
+    )
+    return (
+        f"dicom-node {_version()}",
+        f"PS3.15 Annex E (table {BASE_EDITION}+{TOPUP_EDITION}, sha256:{table_hash})",
+        f"options: {option_codes}",
+        f"key:{key_id}",
+    )
+
+
+def _method(options: tuple[Option, ...], key_id: str, pixels_cleaned: bool) -> list[str]:
+    return list(_method_values(options, key_id, pixels_cleaned))
 
 
 def _option_codes(options: tuple[Option, ...], *, pixels_cleaned: bool) -> list[Code]:
@@ -332,8 +399,8 @@ def _record(
     body: Dataset, options: tuple[Option, ...], keys: DeidKeys, walk: Walk, *, pixels_cleaned: bool = False
 ) -> None:
     """PS3.15 E.1.1 and DEID.md 4.6: what was done, on the instance itself."""
-    body.PatientIdentityRemoved = "YES"
-    body.DeidentificationMethod = method_description(options, keys, pixels_cleaned=pixels_cleaned)
+    _put(body, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
+    _put(body, 0x00120063, "LO", _method(options, keys.key_id, pixels_cleaned))  # DeidentificationMethod
     body.DeidentificationMethodCodeSequence = Sequence(
         [_code_item(codes.cid7050.BasicApplicationConfidentialityProfile)]
         + [_code_item(code) for code in _option_codes(options, pixels_cleaned=pixels_cleaned)]
@@ -342,10 +409,11 @@ def _record(
         # PS3.3 C.7.6.1.1.4: cleaned pixels carry no burned-in text; a new element, the input's is untouched.
         body["BurnedInAnnotation"] = DataElement("BurnedInAnnotation", "CS", "NO")
     shifted = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
-    body.LongitudinalTemporalInformationModified = "MODIFIED" if shifted else "REMOVED"
+    # LongitudinalTemporalInformationModified
+    _put(body, 0x00280303, "CS", "MODIFIED" if shifted else "REMOVED")
     equipment = Dataset()
-    equipment.Manufacturer = "dicom-node"
-    equipment.SoftwareVersions = _version()
+    _put(equipment, 0x00080070, "LO", "dicom-node")  # Manufacturer
+    _put(equipment, 0x00181020, "LO", _version())  # SoftwareVersions
     equipment.PurposeOfReferenceCodeSequence = Sequence([_code_item(codes.DCM.DeIdentifyingEquipment)])
     contributed_at = _contribution_datetime(body) if shifted else None
     if contributed_at is not None:

@@ -137,3 +137,39 @@ class ProfileTable:
             if pattern.matches(tag):
                 return pattern
         return None
+
+
+# DEID.md 4.2 rule 2: the VRs a safe-listed private element may have: numbers only, never text, dates or UIDs.
+SAFE_PRIVATE_VRS: frozenset[str] = frozenset({"DS", "FD", "FL", "IS", "SL", "SS", "UL", "US"})
+
+
+@dataclass(frozen=True, slots=True)
+class SafePrivate:
+    """One private element a model declares safe: its block's creator (as stored, padding aside), the group,
+    the element's offset in the block (0x00 to 0xFF), the VRs its value may have and its largest VM.
+
+    Blocks are matched by creator, never by absolute tag: a creator reserved at (0019,0011) owns 0019,11xx.
+    """
+
+    group: int
+    creator: str
+    offset: int
+    vrs: frozenset[str]
+    max_vm: int = 1
+
+    def __post_init__(self) -> None:
+        if not (0x0009 <= self.group <= 0xFFFF and self.group & 1):
+            raise ValueError("a safe private element needs an odd group above 0x0007")
+        if not self.creator.strip() or len(self.creator) > 64 or self.creator != self.creator.strip():
+            raise ValueError("a private creator is 1 to 64 characters without surrounding spaces")
+        if not 0x00 <= self.offset <= 0xFF:
+            raise ValueError("the element offset in a private block is 0x00 to 0xFF")
+        if not self.vrs or not set(self.vrs) <= SAFE_PRIVATE_VRS:
+            raise ValueError(f"safe private VRs must be some of {sorted(SAFE_PRIVATE_VRS)}")
+        if not 1 <= self.max_vm <= 1024:
+            raise ValueError("max_vm must be between 1 and 1024")
+        object.__setattr__(self, "vrs", frozenset(self.vrs))
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return self.group, self.creator, self.offset

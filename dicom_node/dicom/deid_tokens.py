@@ -111,17 +111,18 @@ def read_element(ds: Dataset, tag: int) -> DataElement:
 
 def text_is_identifying(element: DataElement, tokens: frozenset[str]) -> bool:
     """Whether any string value of `element` contains one of `tokens`."""
-    by_length = _by_length_order(tokens)
-    for value in _values(element):
-        if value == "":
-            continue
-        text = str(value).casefold()
-        size = len(text)
-        for token in by_length:
-            if len(token) > size:
-                break  # the rest are longer still: none fits in this value
-            if token in text:
-                return True
+    return any(value != "" and value_is_identifying(str(value), tokens) for value in _values(element))
+
+
+def value_is_identifying(value: str, tokens: frozenset[str]) -> bool:
+    """Whether one string value contains one of `tokens`."""
+    text = value.casefold()
+    size = len(text)
+    for token in _by_length_order(tokens):
+        if len(token) > size:
+            break  # the rest are longer still: none fits in this value
+        if token in text:
+            return True
     return False
 
 

@@ -7,12 +7,13 @@ rules vouch for, or left out. An exception while transforming an element removes
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from pydicom.datadict import dictionary_is_retired, keyword_for_tag
+from pydicom.datadict import dictionary_is_retired, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -25,9 +26,11 @@ from dicom_node.dicom.deid_allowlists import (
     CODE_TEXT,
     CODE_VALUE,
     CODING_SCHEME_DESIGNATOR,
+    COMPONENT_CODE_STRINGS,
     DUMMIED_CODE_STRINGS,
     EMPTIED_TEXT,
     FIXED_IDENTITY,
+    IMAGE_TYPE_TERMS,
     REGISTERED_UIDS,
     REMOVED_CODE_STRINGS,
     REQUIRED,
@@ -35,11 +38,19 @@ from dicom_node.dicom.deid_allowlists import (
     RETIRED_ALLOWLIST,
     TEXT_ALLOWLIST,
     TOP_LEVEL_ONLY,
-    standard_code_meaning,
+    attribute_type,
+    shaped_code_meaning,
 )
 from dicom_node.dicom.deid_rules import Action, Option
 from dicom_node.dicom.deid_table import PROFILE_TABLE
-from dicom_node.dicom.deid_tokens import numbers_are_identifying, read_element, text_is_identifying
+from dicom_node.dicom.deid_tokens import (
+    MIN_PIXEL_TOKEN,
+    bytes_contain,
+    numbers_are_identifying,
+    read_element,
+    text_is_identifying,
+    value_is_identifying,
+)
 from dicom_node.dicom.deid_values import (
     check_age,
     check_code_string,
@@ -51,10 +62,10 @@ from dicom_node.dicom.deid_values import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from dicom_node.dicom.deid_keys import DeidKeys
-    from dicom_node.dicom.deid_rules import PatternRow, ProfileRow
+    from dicom_node.dicom.deid_rules import PatternRow, ProfileRow, SafePrivate
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -70,6 +81,10 @@ _REPEATING_GROUP_MASK: Final = 0xFF00
 _REPEATING_GROUPS: Final = frozenset({0x5000, 0x6000})
 _PIXEL_GROUP: Final = 0x7FE0
 _CHECKED_STRING_VRS: Final = frozenset({"CS", "AS", "DS", "IS", "TM"})
+CODING_SCHEME_VERSION: Final = 0x00080103
+_SCHEME_VERSION: Final = re.compile(r"\d{1,8}(\.\d{1,4}){0,3}")
+# Binary signal kept like pixel data (DEID.md 4.4): samples, not text, but searched for identifying strings.
+WAVEFORM_DATA: Final = 0x54001010
 
 
 @dataclass(slots=True)
@@ -87,11 +102,23 @@ class Walk:
     private_creators: list[str] = field(default_factory=list)
     # Set when an element the output cannot do without failed: the instance is rejected, not thinned out.
     malformed_required: bool = False
+    # The instance's SOP Class UID: which IOD, so which attributes are Type 1 or 2 (deid_allowlists).
+    sop_class: str = ""
+    # Set when a kept binary signal (waveform samples) spells an identifying string: the instance is rejected.
+    identifying_signal: bool = False
+    # The policy's safe private elements by (group, creator, offset); empty: every private element goes.
+    safe_private: Mapping[tuple[int, str, int], SafePrivate] = field(default_factory=dict)
+    private_creators_kept: list[str] = field(default_factory=list)
+    # The private blocks of the item being walked: creator element tag to creator, when a safe list exists.
+    _blocks: dict[int, str] = field(default_factory=dict)
 
     def item(self, source: Dataset, depth: int) -> Dataset:
         """A cleaned copy of one data set or sequence item."""
         cleaned = Dataset()
         code = self._code_meaning(source)
+        outer_blocks = self._blocks
+        self._blocks = self._private_blocks(source) if self.safe_private else {}
+        kept_blocks: set[int] = set()
         for tag in list(source.keys()):
             try:
                 element = read_element(source, tag)
@@ -100,7 +127,7 @@ class Walk:
                 self._removed(int(tag), "failed")
                 if depth == 0 and int(tag) in REQUIRED:
                     self.malformed_required = True
-                continue
+                new = self._typed_stand_in(int(tag))
             if new is None:
                 continue
             if new.VR == "SQ":
@@ -108,7 +135,35 @@ class Walk:
             else:
                 # What Dataset.add does for a public element in a new data set, without the per-call checks.
                 cleaned._dict[new.tag] = new
+            if int(tag) >> 16 & 1:
+                kept_blocks.add(_creator_tag(int(tag)))
+        if self._blocks:
+            self._creators(source, cleaned, kept_blocks)
+        self._blocks = outer_blocks
         return cleaned
+
+    def _private_blocks(self, source: Dataset) -> dict[int, str]:
+        """Creator element tag to creator (trailing padding aside), for every private block of one item."""
+        blocks: dict[int, str] = {}
+        for tag in source._dict:
+            if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
+                try:
+                    value = read_element(source, int(tag)).value
+                except Exception:
+                    continue
+                if isinstance(value, str):
+                    blocks[int(tag)] = value.rstrip(" \0")
+        return blocks
+
+    def _creators(self, source: Dataset, cleaned: Dataset, kept_blocks: set[int]) -> None:
+        """Keep the creator element of each block an element was kept from (DEID.md 4.2 rule 2); note all."""
+        for tag, creator in self._blocks.items():
+            if tag in kept_blocks:
+                element = read_element(source, tag)  # read once already: the value is the creator
+                cleaned._dict[element.tag] = element
+                self.private_creators_kept.append(creator.strip())
+            else:
+                self.private_creators.append(creator.strip())
 
     def remap_uid(self, value: str) -> str:
         """The pseudonym of one UID value; registered UIDs (SOP classes, transfer syntaxes) stay."""
@@ -132,7 +187,10 @@ class Walk:
             return None
         if not isinstance(value, str) or not isinstance(scheme, str):
             return None
-        return standard_code_meaning(scheme, value)
+        meaning = shaped_code_meaning(scheme, value)
+        if meaning == value.strip() and value_is_identifying(meaning, self.tokens):
+            return None  # a code we only know by its shape must not be an ID of this instance (an MRN)
+        return meaning
 
     def _removed(self, tag: int, reason: str) -> None:
         self.counts[reason] += 1
@@ -145,6 +203,21 @@ class Walk:
                 extra={"event": "deid_element_failed", "reason": reason},
             )
 
+    def _typed_stand_in(self, tag: int, reason: str | None = None) -> DataElement | None:
+        """What replaces a value that must go (DEID.md 4.2 rule 3): a dummy for a Type 1 attribute of this
+        IOD, an empty value for a Type 2 one, nothing (the element goes) for any other."""
+        kind = attribute_type(tag, self.sop_class)
+        if kind is None:
+            if reason is not None:
+                self.counts[reason] += 1
+            return None
+        vr = dictionary_VR(tag)
+        if kind == 1:
+            self.counts["D"] += 1
+            return DataElement(tag, vr, dummy_for_vr(vr))
+        self.counts["Z"] += 1
+        return DataElement(tag, vr, empty_value_for_VR(vr))
+
     def _element(self, element: DataElement, depth: int, code_meaning: str | None) -> DataElement | None:
         tag = int(element.tag)
         group = tag >> 16
@@ -154,8 +227,7 @@ class Walk:
             self.counts["X"] += 1
             return None
         if group & 1:
-            self._private(element)
-            return None
+            return self._private(element)
         if group & _REPEATING_GROUP_MASK in _REPEATING_GROUPS:
             self.counts["X"] += 1
             return None
@@ -168,11 +240,41 @@ class Walk:
             return self._apply(element, _action_for(tag, self.options), depth)
         return self._unlisted(element, depth, code_meaning)
 
-    def _private(self, element: DataElement) -> None:
-        """Rule 2 without a safe list: every private element goes; creators are noted for the report."""
-        if 0x0010 <= element.tag.element <= 0x00FF and isinstance(element.value, str):
-            self.private_creators.append(element.value.strip())
-        self.counts["private_removed"] += 1
+    def _private(self, element: DataElement) -> DataElement | None:
+        """Rule 2: a private element stays only when the safe list names its block's creator and offset and
+        its value is numbers of a declared VR within the declared VM; creators are noted for the report."""
+        tag = int(element.tag)
+        low = tag & 0xFFFF
+        if 0x0010 <= low <= 0x00FF:
+            # A creator: kept with its block (see item); without a safe list, noted as removed here.
+            if not self._blocks and isinstance(element.value, str):
+                self.private_creators.append(element.value.strip())
+            self.counts["private_removed"] += 1
+            return None
+        creator = self._blocks.get(_creator_tag(tag)) if low >= 0x1000 else None
+        entry = self.safe_private.get((tag >> 16, creator, low & 0xFF)) if creator is not None else None
+        if entry is None or element.VR not in entry.vrs or not self._safe_numbers(element, entry.max_vm):
+            self.counts["private_removed"] += 1
+            return None
+        self.counts["private_kept"] += 1
+        return element
+
+    def _safe_numbers(self, element: DataElement, max_vm: int) -> bool:
+        """Whether a private value is 1 to `max_vm` numbers of its VR, none spelling an identifying string."""
+        value = element.value
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        if not 1 <= len(values) <= max_vm:
+            return False
+        vr = element.VR
+        if vr in ("DS", "IS"):
+            try:
+                self._mapped(element, lambda text: check_number_string(text, vr))
+            except ValueError:
+                return False
+            return all(str(item).strip() for item in values) and not text_is_identifying(element, self.tokens)
+        if not all(isinstance(item, int | float) and not isinstance(item, bool) for item in values):
+            return False
+        return not numbers_are_identifying(element, self.tokens)
 
     def _apply(self, element: DataElement, action: Action, depth: int) -> DataElement | None:
         """Rule 3: one Table E.1-1 action on one element."""
@@ -188,11 +290,16 @@ class Walk:
             Action.REMOVE_OR_ZERO,
             Action.REMOVE_OR_ZERO_OR_DUMMY,
             Action.ZERO_OR_DUMMY,
+            Action.REMOVE_OR_DUMMY,
         ):
-            # No module tables: Z satisfies Type 2 and leaks nothing (DEID.md 4.2 rule 3, "Z by default").
-            action = Action.ZERO
-        elif action is Action.REMOVE_OR_DUMMY:
-            action = Action.REMOVE
+            # Resolved against the attribute's Type in this IOD (our short list): D for Type 1; otherwise Z
+            # satisfies Type 2 and leaks nothing (DEID.md 4.2 rule 3, "Z by default"), and X/D removes.
+            if attribute_type(int(element.tag), self.sop_class) == 1:
+                action = Action.DUMMY
+            elif action is Action.REMOVE_OR_DUMMY:
+                action = Action.REMOVE
+            else:
+                action = Action.ZERO
         if action is Action.REMOVE:
             self.counts["X"] += 1
             return None
@@ -278,6 +385,8 @@ class Walk:
     def _checked(self, element: DataElement) -> DataElement | None:
         """A kept value, checked against its VR's form and the instance's identifying strings."""
         vr = element.VR
+        if vr == "CS" and int(element.tag) in COMPONENT_CODE_STRINGS:
+            return self._components(element)
         if vr == "CS":
             element = self._mapped(element, check_code_string)
         elif vr == "AS":
@@ -292,16 +401,48 @@ class Walk:
             return self._uid(element)
         elif vr == "PN":
             return DataElement(element.tag, vr, dummy_for_vr(vr))
+        elif vr in BINARY_VRS and int(element.tag) == WAVEFORM_DATA:
+            value = element.value
+            if not isinstance(value, bytes | bytearray) or bytes_contain(
+                bytes(value), self.tokens, MIN_PIXEL_TOKEN
+            ):
+                self.identifying_signal = True
+                self.counts["identifying_removed"] += 1
+                return None
+            return element
         elif vr in BINARY_VRS and int(element.tag) not in BINARY_ALLOWLIST:
             self.counts["binary_removed"] += 1
             return None
         if (vr in TEXT_VRS or vr in _CHECKED_STRING_VRS) and text_is_identifying(element, self.tokens):
-            self.counts["identifying_removed"] += 1
-            return None
+            return self._typed_stand_in(int(element.tag), "identifying_removed")
         if vr in NUMERIC_VRS and numbers_are_identifying(element, self.tokens):
             self.counts["identifying_removed"] += 1
             return None
         return element
+
+    def _components(self, element: DataElement) -> DataElement:
+        """A list of defined terms (Image Type), value by value: a defined term stays; any other value stays
+        only when it is a clean code string holding no identifying string, else that value is emptied."""
+        value = element.value
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        cleaned: list[str] = []
+        for item in values:
+            text = _as_text(item).strip() if item is not None else ""
+            if text and text not in IMAGE_TYPE_TERMS:
+                try:
+                    text = check_code_string(text)
+                except ValueError:
+                    text = ""
+                if value_is_identifying(text, self.tokens):
+                    text = ""
+                if not text:
+                    self.counts["identifying_removed"] += 1
+            cleaned.append(text)
+        if cleaned == [_as_text(item).strip() if item is not None else "" for item in values] and (
+            not element.is_undefined_length
+        ):
+            return element
+        return DataElement(element.tag, element.VR, cleaned if len(cleaned) != 1 else cleaned[0])
 
     def _unlisted(self, element: DataElement, depth: int, code_meaning: str | None) -> DataElement | None:
         """Rules 4 and 5: a standard attribute the table does not name, judged by its VR and our lists."""
@@ -323,8 +464,7 @@ class Walk:
                 self.counts["Z"] += 1
                 return DataElement(element.tag, vr, empty_value_for_VR(vr))
             if tag not in TEXT_ALLOWLIST:
-                self.counts["text_removed"] += 1
-                return None
+                return self._typed_stand_in(tag, "text_removed")
             return self._checked(element)
         if vr == "PN" or tag in DUMMIED_CODE_STRINGS:
             self.counts["D"] += 1
@@ -337,6 +477,15 @@ class Walk:
     def _code_text(self, element: DataElement, code_meaning: str | None) -> DataElement | None:
         """A coded entry keeps value and scheme only when it is a standard code we know; meaning is ours."""
         tag = int(element.tag)
+        if code_meaning is not None and tag == CODING_SCHEME_VERSION:
+            # Type 1C for schemes with versions (SCPECG "1.3"); digits and dots only, nothing to hide text in.
+            value = element.value
+            if (
+                isinstance(value, str)
+                and _SCHEME_VERSION.fullmatch(value.strip()) is not None
+                and not value_is_identifying(value, self.tokens)
+            ):
+                return element
         if code_meaning is None or tag not in (CODE_VALUE, CODING_SCHEME_DESIGNATOR, CODE_MEANING):
             self.counts["code_text_removed"] += 1
             return None
@@ -374,6 +523,11 @@ def _dictionary_entry(tag: int) -> tuple[bool, bool]:
     if not keyword_for_tag(tag):
         return False, False
     return True, bool(dictionary_is_retired(tag))
+
+
+def _creator_tag(tag: int) -> int:
+    """The tag of the creator element that reserves the block of private element `tag` (PS3.5 7.8.1)."""
+    return (tag & 0xFFFF0000) | (tag >> 8 & 0xFF)
 
 
 def private_view(ds: Dataset) -> Dataset:
