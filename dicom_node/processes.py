@@ -66,7 +66,7 @@ class StartupFailed(Exception):
 
 
 @dataclass
-class _Receiver:
+class _Child:
     """A child process of the supervisor (a receiver or a job worker) and its slot number."""
 
     index: int
@@ -202,12 +202,12 @@ class Supervisor:
         self._api_thread: threading.Thread | None = None
         self._with_receivers = receivers
         self._worker_count = workers
-        self._workers: list[_Receiver] = []
+        self._workers: list[_Child] = []
         self._stop = threading.Event()
         self._stop_request = _StopRequest()
         self._context = multiprocessing.get_context("spawn")
         self._ready: Any = self._context.Queue()
-        self._receivers: list[_Receiver] = []
+        self._receivers: list[_Child] = []
         self._local: ScpServer | None = None
         self._dispatcher: Dispatcher | None = None
 
@@ -340,7 +340,7 @@ class Supervisor:
         )
         process.start()
         channel.close()  # the child has its own copy
-        self._receivers.append(_Receiver(index=index, process=process))
+        self._receivers.append(_Child(index=index, process=process))
 
     def _start_api(self, node: Any) -> str:
         """The admin API in a thread of the supervisor; its address for the start-up line."""
@@ -385,23 +385,10 @@ class Supervisor:
             target=_worker_main, args=(self._settings.model_dump(),), name=f"dicom-node-worker-{index}"
         )
         process.start()
-        self._workers.append(_Receiver(index=index, process=process))
+        self._workers.append(_Child(index=index, process=process))
 
     def _restart_dead_workers(self) -> None:
-        for worker in list(self._workers):
-            if worker.process.is_alive():
-                continue
-            logger.error(
-                "worker process exited; restarting it",
-                extra={
-                    "event": "worker_restarted",
-                    "pid": worker.process.pid,
-                    "reason": str(worker.process.exitcode),
-                },
-            )
-            self._workers.remove(worker)
-            if worker.process.pid is not None:
-                process_exited(worker.process.pid)
+        for worker in _reap(self._workers, "worker"):
             self._spawn_worker(worker.index)
 
     def _stop_workers(self) -> None:
@@ -418,20 +405,7 @@ class Supervisor:
             )
 
     def _restart_dead_receivers(self, port: int) -> None:
-        for receiver in list(self._receivers):
-            if receiver.process.is_alive():
-                continue
-            logger.error(
-                "receiver process exited; restarting it",
-                extra={
-                    "event": "receiver_restarted",
-                    "pid": receiver.process.pid,
-                    "reason": str(receiver.process.exitcode),
-                },
-            )
-            self._receivers.remove(receiver)
-            if receiver.process.pid is not None:
-                process_exited(receiver.process.pid)
+        for receiver in _reap(self._receivers, "receiver"):
             self._spawn(receiver.index)
             with contextlib.suppress(StartupFailed):
                 self._await_ready()
@@ -447,7 +421,25 @@ class Supervisor:
             self._dispatcher.close()
 
 
-def _terminate(children: list[_Receiver], *, grace: float) -> None:
+def _reap(children: list[_Child], role: str) -> list[_Child]:
+    """Take the children that died out of `children`, logged and their live metrics dropped."""
+    dead = [child for child in children if not child.process.is_alive()]
+    for child in dead:
+        logger.error(
+            f"{role} process exited; restarting it",
+            extra={
+                "event": f"{role}_restarted",
+                "pid": child.process.pid,
+                "reason": str(child.process.exitcode),
+            },
+        )
+        children.remove(child)
+        if child.process.pid is not None:
+            process_exited(child.process.pid)
+    return dead
+
+
+def _terminate(children: list[_Child], *, grace: float) -> None:
     """SIGTERM every child, wait for each to drain, SIGKILL what outlives the grace period."""
     for child in children:
         if child.process.is_alive() and child.process.pid is not None:
