@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import delete, select, update
@@ -13,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import audit
 from storage.audit import GENESIS_HASH, ChainBreak
-from storage.db import make_engine, make_sessionmaker
 from storage.models import AuditEvent
 
 ALTERED = "audit.event_altered"
@@ -33,18 +31,6 @@ EDITS: dict[str, object] = {
     "prev_hash": "f" * 64,
     "hash": "e" * 64,
 }
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def t0() -> datetime:
-    return datetime.now(UTC)
 
 
 def append_events(sessions: sessionmaker[Session], t0: datetime, count: int) -> list[int]:

@@ -13,7 +13,7 @@ import pytest
 from storage.blobs import FileBlobStore, digest_file
 from storage.errors import BlobNotFound, BlobStoreFailed
 
-_KEY = re.compile(r"^(store|quarantine)/[0-9a-f]{32}$")
+_KEY = re.compile(r"^(store|quarantine|deid)/[0-9a-f]{32}$")
 PAYLOAD = b"DICM" + b"1.2.826.0.1.3680043.8.498.4711 CANARYMRN4711 " * 100
 
 

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
-from storage.db import make_engine, make_sessionmaker
 from storage.jobs import ClaimedJob
 from storage.models import Job, JobStatus, Study, StudyStatus, new_id
 
 KIND = "deidentify"
 LEASE = 30.0
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def t0() -> datetime:
-    return datetime.now(UTC)
 
 
 def enqueue(

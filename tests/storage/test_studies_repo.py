@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,18 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.core.clock import ManualClock
 from storage import arrivals
 from storage import studies as study_repo
-from storage.db import make_engine, make_sessionmaker
 from storage.events import list_events
 from storage.models import Event, EventKind, Study, StudyStatus
 
 IDLE = timedelta(seconds=10)
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def arrive(sessions: sessionmaker[Session], study_uid: str, now: datetime, *, new: bool = True) -> bool:
