@@ -60,7 +60,10 @@ def create_app(context: ApiContext) -> FastAPI:
         token = request_origin.set(origin)
         try:
             with bound(correlation_id, request_id):
-                response = await call_next(request)
+                try:
+                    response = await call_next(request)
+                except Exception as exc:  # Starlette's 500 would answer outside this id, then re-raise
+                    response = errors.unexpected_error(exc)
         finally:
             request_origin.reset(token)
         route = getattr(request.scope.get("route"), "path", None) or "unmatched"

@@ -93,7 +93,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.error(
-            "unexpected API error", extra={"event": "api_internal_error", "reason": type(exc).__name__}
-        )
-        return error_response("internal.error", "Internal error.", status=500)
+        return unexpected_error(exc)
+
+
+def unexpected_error(exc: Exception) -> JSONResponse:
+    """`internal.error`, logged by exception class only. The app's middleware calls this within the
+    request's correlation id: Starlette runs its handler for `Exception` outside every middleware."""
+    logger.error("unexpected API error", extra={"event": "api_internal_error", "reason": type(exc).__name__})
+    return error_response("internal.error", "Internal error.", status=500)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, field_validator
 
 from admin_api.context import ApiContext
+from admin_api.params import PageNumber, PageSize
 from admin_api.security import client_address, principal_of
 from dicom_node.core.settings import parse_ae_title
 from dicom_node.services import peers
 from dicom_node.services.peers import EchoResult, PeerView
+from dicom_node.services.views import Page
 
 router = APIRouter(prefix="/api/v1/peers", tags=["peers"])
 
@@ -29,11 +29,15 @@ class PeerIn(BaseModel):
         return parse_ae_title(value)
 
 
-@router.get("", response_model=list[PeerView])
-def list_peers(request: Request) -> Sequence[PeerView]:
+@router.get("", response_model=Page[PeerView])
+def list_peers(request: Request, page: PageNumber = 1, page_size: PageSize = 50) -> Page[PeerView]:
     context: ApiContext = request.app.state.context
     with context.node.sessions() as session:
-        return peers.list_peers(session)
+        everyone = peers.list_peers(session)  # a handful of AEs: paged in memory, like every other list
+    start = (page - 1) * page_size
+    return Page(
+        items=everyone[start : start + page_size], total=len(everyone), page=page, page_size=page_size
+    )
 
 
 @router.post("", response_model=PeerView, status_code=201)
