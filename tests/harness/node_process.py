@@ -45,6 +45,10 @@ def node_env(**settings: object) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     for field, value in settings.items():
         env[f"DICOM_NODE_{field.upper()}"] = str(value)
+    if "data_dir" in settings:  # the node's metric files beside its data, not one folder per test in /tmp
+        metrics_dir = Path(str(settings["data_dir"])).parent / "metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env
 
 
