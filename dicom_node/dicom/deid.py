@@ -6,18 +6,23 @@ E.1.1, PS3.3 C.12.1.1.7); an instance we cannot vouch for is rejected with a sta
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import metadata
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_node.core.errors import DicomNodeError
@@ -197,6 +202,10 @@ def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidR
         tokens=tokens,
         sop_class=sop_class,
         safe_private=_safe_private_index(policy.safe_private),
+        raw_source=ds._dict,
+        raw_little_endian=_explicit_byte_order(
+            (cleaned.transfer_syntax if cleaned is not None else None) or _transfer_syntax(work)
+        ),
     )
     body = walk.item(work, 0)
     if walk.malformed_required:
@@ -210,10 +219,15 @@ def deidentify_dataset(ds: Dataset, policy: DeidPolicy, keys: DeidKeys) -> DeidR
     if cleaned is not None:
         write_cleaned(body, cleaned)
     pseudonyms = _write_identity(body, identity, policy, keys, walk)
-    _record(body, options, keys, walk, pixels_cleaned=cleaned is not None)
-    body.file_meta = _file_meta(
+    meta = _file_meta(
         work, body, policy, walk, transfer_syntax=cleaned.transfer_syntax if cleaned is not None else None
     )
+    syntax = UID(meta.TransferSyntaxUID)
+    encoding = (syntax.is_implicit_VR, syntax.is_little_endian)
+    _record(body, options, keys, walk, pixels_cleaned=cleaned is not None, encoding=encoding)
+    body.file_meta = meta
+    if not walk.ambiguous:
+        _mark_encoding(body, walk.made, encoding)
     for original, pseudo in walk.uids.items():
         pseudonyms.append(Pseudonym(kind="uid", pseudo=pseudo, original=original))
     report = DeidReport(
@@ -395,31 +409,141 @@ def _option_codes(options: tuple[Option, ...], *, pixels_cleaned: bool) -> list[
     return applied
 
 
+_METHOD_CODES: Final = 0x00120064  # DeidentificationMethodCodeSequence
+_CONTRIBUTING_EQUIPMENT: Final = 0x0018A001  # ContributingEquipmentSequence
+_SPECIFIC_CHARACTER_SET: Final = 0x00080005
+
+
 def _record(
-    body: Dataset, options: tuple[Option, ...], keys: DeidKeys, walk: Walk, *, pixels_cleaned: bool = False
+    body: Dataset,
+    options: tuple[Option, ...],
+    keys: DeidKeys,
+    walk: Walk,
+    *,
+    pixels_cleaned: bool = False,
+    encoding: tuple[bool, bool] | None = None,
 ) -> None:
-    """PS3.15 E.1.1 and DEID.md 4.6: what was done, on the instance itself."""
+    """PS3.15 E.1.1 and DEID.md 4.6: what was done, on the instance itself.
+
+    `encoding` (implicit VR, little endian): the output's; the two sequences we add are then put in encoded
+    form, as pydicom would write them in that encoding (see _encoded_sequence), which is built once per
+    policy and study instead of once per instance.
+    """
     _put(body, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
     _put(body, 0x00120063, "LO", _method(options, keys.key_id, pixels_cleaned))  # DeidentificationMethod
-    body.DeidentificationMethodCodeSequence = Sequence(
-        [_code_item(codes.cid7050.BasicApplicationConfidentialityProfile)]
-        + [_code_item(code) for code in _option_codes(options, pixels_cleaned=pixels_cleaned)]
+    charset = _charset_key(body) if encoding is not None else None
+    method_codes = (
+        _encoded_sequence(_METHOD_CODES, ("method", options, pixels_cleaned), encoding, charset)
+        if encoding is not None and charset is not None
+        else None
     )
+    if method_codes is not None:
+        body._dict[method_codes.tag] = method_codes
+    else:
+        body.DeidentificationMethodCodeSequence = _method_code_items(options, pixels_cleaned)
     if pixels_cleaned:
         # PS3.3 C.7.6.1.1.4: cleaned pixels carry no burned-in text; a new element, the input's is untouched.
         body["BurnedInAnnotation"] = DataElement("BurnedInAnnotation", "CS", "NO")
     shifted = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
     # LongitudinalTemporalInformationModified
     _put(body, 0x00280303, "CS", "MODIFIED" if shifted else "REMOVED")
+    contributed_at = _contribution_datetime(body) if shifted else None
+    if "ContributingEquipmentSequence" in body:
+        existing = list(body.ContributingEquipmentSequence)
+        body.ContributingEquipmentSequence = Sequence([*existing, _equipment_item(contributed_at)])
+        return
+    equipment = (
+        _encoded_sequence(_CONTRIBUTING_EQUIPMENT, ("equipment", contributed_at), encoding, charset)
+        if encoding is not None and charset is not None
+        else None
+    )
+    if equipment is not None:
+        body._dict[equipment.tag] = equipment
+    else:
+        body.ContributingEquipmentSequence = _equipment_sequence(("equipment", contributed_at))
+
+
+def _method_code_items(options: tuple[Option, ...], pixels_cleaned: bool) -> Sequence:
+    return Sequence(
+        [_code_item(codes.cid7050.BasicApplicationConfidentialityProfile)]
+        + [_code_item(code) for code in _option_codes(options, pixels_cleaned=pixels_cleaned)]
+    )
+
+
+def _equipment_item(contributed_at: str | None) -> Dataset:
     equipment = Dataset()
     _put(equipment, 0x00080070, "LO", "dicom-node")  # Manufacturer
     _put(equipment, 0x00181020, "LO", _version())  # SoftwareVersions
     equipment.PurposeOfReferenceCodeSequence = Sequence([_code_item(codes.DCM.DeIdentifyingEquipment)])
-    contributed_at = _contribution_datetime(body) if shifted else None
     if contributed_at is not None:
         equipment.ContributionDateTime = contributed_at
-    existing = list(body.ContributingEquipmentSequence) if "ContributingEquipmentSequence" in body else []
-    body.ContributingEquipmentSequence = Sequence([*existing, equipment])
+    return equipment
+
+
+def _equipment_sequence(what: tuple[object, ...]) -> Sequence:
+    return Sequence([_equipment_item(what[1])])  # type: ignore[arg-type]
+
+
+def _charset_key(body: Dataset) -> tuple[str, ...] | None:
+    """The Specific Character Set value the writer encodes the body's text with, as a cache key; None when
+    it is not plain strings (then the sequences are built as data sets, as before)."""
+    element = body._dict.get(_SPECIFIC_CHARACTER_SET)  # type: ignore[call-overload]
+    if element is None:
+        return ()
+    if not isinstance(element, DataElement):
+        return None
+    value = element.value
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if not all(isinstance(item, str) for item in values):
+        return None
+    return tuple(values)
+
+
+@lru_cache(maxsize=256)
+def _encoded_sequence(
+    tag: int, what: tuple[object, ...], encoding: tuple[bool, bool], charset: tuple[str, ...]
+) -> RawDataElement | None:
+    """One of the sequences _record adds, encoded by pydicom's own writer exactly as `dcmwrite` would write
+    it in the body (same encoding, same character set), kept as a raw element: the same bytes are written,
+    and reading it from the data set decodes it like any element read from a file.
+
+    Only valid where the body is written in `encoding`; pydicom converts a raw element whenever a data set is
+    written in another encoding than its original one, which _mark_encoding sets to this one. None on any
+    error: the caller builds the data sets instead.
+    """
+    try:
+        if what[0] == "method":
+            items = _method_code_items(cast("tuple[Option, ...]", what[1]), bool(what[2]))
+        else:
+            items = _equipment_sequence(what)
+        element = DataElement(tag, "SQ", items)
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = encoding
+        if not charset:
+            encodings: str | list[str] = "iso8859"  # pydicom's default_encoding, as write_dataset uses it
+        else:
+            encodings = charset[0] if len(charset) == 1 else list(charset)
+        write_data_element(fp, element, encodings)
+        encoded = fp.getvalue()
+    except Exception:
+        return None
+    header = 8 if encoding[0] else 12  # tag, (VR, reserved,) 4-byte length
+    value = encoded[header:]
+    if int.from_bytes(encoded[header - 4 : header], "little" if encoding[1] else "big") != len(value):
+        return None
+    return RawDataElement(Tag(tag), "SQ", len(value), value, 0, encoding[0], encoding[1])
+
+
+def _mark_encoding(body: Dataset, items: list[Dataset], encoding: tuple[bool, bool]) -> None:
+    """Record the output's encoding as the data sets' original one, as pydicom does for a data set it read.
+
+    pydicom's writer then writes elements as they are, without a pass of ambiguous VR correction over every
+    data set and item, and writes the raw elements _record put in as their bytes. Only called when the walk
+    met no element of ambiguous VR, so the correction pass has nothing to do (the bytes are the same); a data
+    set written in another encoding is still converted element by element.
+    """
+    for dataset in (body, *items):
+        dataset.set_original_encoding(encoding[0], encoding[1], dataset._character_set)
 
 
 def _contribution_datetime(body: Dataset) -> str | None:
@@ -433,9 +557,48 @@ def _contribution_datetime(body: Dataset) -> str | None:
     return study_date + study_time
 
 
+def _explicit_byte_order(transfer_syntax: str) -> bool | None:
+    """True (little endian) or False (big endian) when the output is written in explicit VR in the transfer
+    syntax `transfer_syntax`, as _file_meta will name it; None when it is implicit VR, private or unknown."""
+    if not transfer_syntax or transfer_syntax not in REGISTERED_UIDS:
+        return None
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_implicit_VR:
+        return None
+    return bool(syntax.is_little_endian)
+
+
 def _transfer_syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     return str(getattr(meta, "TransferSyntaxUID", "") or "").rstrip("\0 ")
+
+
+class _FileMeta(FileMetaDataset):
+    """Our File Meta Information: a FileMetaDataset whose deep copy is cheap.
+
+    `pydicom.dcmwrite` deep-copies the file meta of every data set it writes (so as not to change it); ours
+    holds nothing but immutable values (str, UID, bytes), so a copy with new element objects sharing those
+    values is as deep as it needs to be, at a fraction of `copy.deepcopy`'s cost. The copy is a plain
+    FileMetaDataset, so this class never spreads beyond our own output.
+    """
+
+    def __deepcopy__(self, memo: dict[int, object]) -> FileMetaDataset:
+        copied = FileMetaDataset()
+        for tag, element in self._dict.items():
+            if not isinstance(element, DataElement) or not isinstance(element.value, str | bytes):
+                return _deepcopy_meta(self, memo)
+            twin = DataElement.__new__(DataElement)
+            twin.__dict__.update(element.__dict__)
+            copied._dict[tag] = twin
+        return copied
+
+
+def _deepcopy_meta(meta: FileMetaDataset, memo: dict[int, object]) -> FileMetaDataset:
+    """`copy.deepcopy` of a file meta as a plain FileMetaDataset (the fallback for a value that is not
+    immutable, which our file meta never holds)."""
+    plain = FileMetaDataset()
+    plain._dict.update(meta._dict)
+    return copy.deepcopy(plain, memo)
 
 
 def _file_meta(
@@ -446,19 +609,19 @@ def _file_meta(
     `transfer_syntax`: the body's own when cleaning decoded its pixel data (written uncompressed).
     """
     source = getattr(original, "file_meta", None)
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta = _FileMeta()
+    _put(meta, 0x00020001, "OB", b"\x00\x01")  # FileMetaInformationVersion
     # The body's UIDs are already remapped (unless registered); the sender's meta values still need it.
     sop_class = str(body.get("SOPClassUID") or "")
     if not sop_class and source is not None and "MediaStorageSOPClassUID" in source:
         sop_class = walk.remap_uid(str(source.MediaStorageSOPClassUID))
     if sop_class:
-        meta.MediaStorageSOPClassUID = UID(sop_class)
+        _put(meta, 0x00020002, "UI", UID(sop_class))  # MediaStorageSOPClassUID
     sop_instance = str(body.get("SOPInstanceUID") or "")
     if not sop_instance and source is not None and "MediaStorageSOPInstanceUID" in source:
         sop_instance = walk.remap_uid(str(source.MediaStorageSOPInstanceUID))
     if sop_instance:
-        meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+        _put(meta, 0x00020003, "UI", UID(sop_instance))  # MediaStorageSOPInstanceUID
     if transfer_syntax is None:
         transfer_syntax = str(getattr(source, "TransferSyntaxUID", "") or "").rstrip("\0 ")
     if not transfer_syntax:
@@ -468,13 +631,16 @@ def _file_meta(
     elif transfer_syntax not in REGISTERED_UIDS:
         # A private transfer syntax: we cannot tell what the pixel bytes hold.
         raise DeidRejected(REASON_MALFORMED)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = f"DICOM_NODE_{_version()}"[:16]
-    meta.SourceApplicationEntityTitle = policy.node_ae_title
-    for keyword in ("SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle"):
+    _put(meta, 0x00020010, "UI", UID(transfer_syntax))  # TransferSyntaxUID
+    _put(meta, 0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID))  # ImplementationClassUID
+    _put(meta, 0x00020013, "SH", f"DICOM_NODE_{_version()}"[:16])  # ImplementationVersionName
+    _put(meta, 0x00020016, "AE", policy.node_ae_title)  # SourceApplicationEntityTitle
+    for keyword, tag in (
+        ("SendingApplicationEntityTitle", 0x00020017),
+        ("ReceivingApplicationEntityTitle", 0x00020018),
+    ):
         if source is not None and keyword in source:
-            setattr(meta, keyword, policy.node_ae_title)
+            _put(meta, tag, "AE", policy.node_ae_title)
     return meta
 
 

@@ -196,10 +196,22 @@ def _clear_bits_above_high_bit(data: bytes, layout: _Layout, *, big_endian: bool
     dtype = np.dtype(("i" if layout.signed else "u") + str(size)).newbyteorder(">" if big_endian else "<")
     count = len(data) // size
     values = np.frombuffer(data, dtype=dtype, count=count)
+    if count == 0 or _within_stored_bits(values, layout):
+        return None  # the common case, told by a minimum and a maximum without building a cleared copy
     cleared = _sign_or_mask(values, layout)
     if np.array_equal(cleared, values):
         return None
     return cleared.astype(dtype, copy=False).tobytes() + data[count * size :]
+
+
+def _within_stored_bits(values: NDArray[np.integer], layout: _Layout) -> bool:
+    """Whether every value is already what `_sign_or_mask` makes of it: unsigned values fit in the stored
+    bits (nothing above High Bit), signed ones lie in the range of a High Bit + 1 bit two's complement
+    number (the bits above it are copies of the sign bit)."""
+    if layout.signed:
+        limit = 1 << layout.high_bit
+        return bool(int(values.min()) >= -limit and int(values.max()) < limit)
+    return bool(int(values.max()) < 1 << (layout.high_bit + 1))
 
 
 def _sign_or_mask(values: NDArray[np.integer], layout: _Layout) -> NDArray[np.integer]:
@@ -328,6 +340,25 @@ def _decoded_attributes(
         changed["PlanarConfiguration"] = 0  # the decoder returns colour-by-pixel
     if "BitsStored" in changed:
         changed["HighBit"] = stored - 1
-    if transfer_syntax in _ALWAYS_LOSSY and str(ds.get("LossyImageCompression") or "") != "01":
+    # PS3.3 C.7.6.1.1.5: once lossy compressed, an image stays "01" even when written uncompressed, and its
+    # Lossy Image Compression Ratio and Method stay as they were (the walk keeps them; nothing is re-encoded
+    # lossily here, so nothing is appended). Where the input did not say how, its transfer syntax does.
+    lossy = str(ds.get("LossyImageCompression") or "").strip() == "01"
+    if transfer_syntax in _ALWAYS_LOSSY and not lossy:
         changed["LossyImageCompression"] = "01"
+        lossy = True
+    method = _LOSSY_METHODS.get(transfer_syntax)
+    if lossy and method is not None and not ds.get("LossyImageCompressionMethod"):
+        changed["LossyImageCompressionMethod"] = method
     return changed
+
+
+# PS3.3 C.7.6.1.1.5.1 (CID 7201): the method a lossy transfer syntax names.
+_LOSSY_METHODS: Final = MappingProxyType(
+    {
+        str(JPEGBaseline8Bit): "ISO_10918_1",
+        str(JPEGExtended12Bit): "ISO_10918_1",
+        str(JPEGLSNearLossless): "ISO_14495_1",
+        "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (lossy or not: only when the input says lossy)
+    }
+)

@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final, cast
 
 import numpy as np
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, convert_raw_data_element
 from pydicom.multival import MultiValue
+from pydicom.valuerep import AMBIGUOUS_VR
 
 from dicom_node.dicom.deid_allowlists import IDENTIFYING_SOURCES, REGISTERED_UIDS
 
@@ -106,7 +107,30 @@ def read_element(ds: Dataset, tag: int) -> DataElement:
     element = ds._dict[cast("BaseTag", tag)]  # a raw element goes through ds[tag], which converts it into ds
     if isinstance(element, DataElement):
         return element
+    if (
+        element.value is not None
+        and element.VR is not None
+        and element.VR not in _SLOW_CONVERSION_VRS
+        and not element.tag >> 16 & 1
+        and element.tag not in _SLOW_CONVERSION_TAGS
+    ):
+        # What ds[tag] does for such an element, without its repeated look-ups: convert with the data set's
+        # character set, store it in the data set (nothing else of __setitem__ applies: not private, not
+        # pixel data), no sequence to pass the pixel representation to and no ambiguous VR to correct.
+        converted = convert_raw_data_element(
+            element, encoding=ds.original_character_set or ds._character_set, ds=ds
+        )
+        if converted.VR not in _SLOW_CONVERSION_VRS:
+            ds._dict[element.tag] = converted
+            return converted
     return ds[tag]
+
+
+# Elements ds[tag] does more for than convert and store: sequences, ambiguous VRs (which conversion can also
+# produce, as can UN with a known VR), the character set itself (converted with the default one), pixel data
+# (whose change resets the data set's pixel caches).
+_SLOW_CONVERSION_VRS: Final = frozenset({"SQ", "UN", *AMBIGUOUS_VR})
+_SLOW_CONVERSION_TAGS: Final = frozenset({0x00080005, 0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
 def text_is_identifying(element: DataElement, tokens: frozenset[str]) -> bool:
@@ -147,6 +171,8 @@ def bytes_contain(data: bytes, tokens: frozenset[str], minimum: int) -> bool:
     if not needles:
         return False
     if len(data) >= _LARGE and minimum >= 3:
+        if _no_text_in_high_bytes(data, needles):
+            return False
         found = _pair_search(data, needles)
         if found is not None:
             return found
@@ -176,6 +202,32 @@ def _needles(tokens: frozenset[str], minimum: int) -> tuple[bytes, ...]:
 
 def _by_length(token: str) -> tuple[int, str]:
     return len(token), token
+
+
+def _no_text_in_high_bytes(data: bytes, needles: tuple[bytes, ...]) -> bool:
+    """Whether no needle can occur in `data` because every byte at an odd offset is below every byte of
+    every needle, in either letter case (one vectorised maximum, no table).
+
+    A needle of two or more bytes has one byte at an odd offset wherever it starts, and that byte is the high
+    byte of a little-endian pair: with all pairs below (lowest needle byte) << 8, none can match. This is what
+    12-bit CT and MR pixel data look like, so most pixel data is ruled out without a search.
+    """
+    lowest = _lowest_byte(needles)
+    count = len(data) // 2
+    if count == 0 or lowest == 0:
+        return False
+    return int(np.frombuffer(data, dtype="<u2", count=count).max()) < lowest << 8
+
+
+@lru_cache(maxsize=64)
+def _lowest_byte(needles: tuple[bytes, ...]) -> int:
+    """The lowest byte value any needle can take in the data, upper-case forms included (0 if a needle is
+    shorter than two bytes: then nothing is ruled out)."""
+    if any(len(needle) < 2 for needle in needles):
+        return 0
+    joined = b"".join(needles)
+    # bytes.upper maps a to z onto A to Z and nothing else: the same forms as _cases.
+    return min(min(joined), min(joined.upper()))
 
 
 @lru_cache(maxsize=8)

@@ -14,10 +14,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from pydicom.datadict import dictionary_is_retired, dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.valuerep import AMBIGUOUS_VR
 
 from dicom_node.dicom.deid_allowlists import (
     ALWAYS_REMOVED,
@@ -64,6 +65,8 @@ from dicom_node.dicom.deid_values import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from pydicom.tag import BaseTag
+
     from dicom_node.dicom.deid_keys import DeidKeys
     from dicom_node.dicom.deid_rules import PatternRow, ProfileRow, SafePrivate
 
@@ -75,6 +78,25 @@ BINARY_VRS: Final = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or 
 NUMERIC_VRS: Final = frozenset(
     {"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "US or SS", "US or OW", "US or SS or OW"}
 )
+# Binary VRs (PS3.5 6.2) whose raw bytes are what writing their converted value gives, by value size; OB and
+# OW must be of even length (pydicom pads an odd one when it encodes the value).
+_RAW_VALUE_SIZES: Final = {
+    "US": 2,
+    "SS": 2,
+    "UL": 4,
+    "SL": 4,
+    "FL": 4,
+    "FD": 8,
+    "SV": 8,
+    "UV": 8,
+    "AT": 4,
+    "OB": 2,
+    "OW": 2,
+    "OF": 4,
+    "OD": 8,
+    "OL": 4,
+    "OV": 8,
+}
 # Sequences deeper than this are removed: no real IOD nests so deep, and the writer must not recurse forever.
 MAX_DEPTH: Final = 32
 _REPEATING_GROUP_MASK: Final = 0xFF00
@@ -111,6 +133,16 @@ class Walk:
     private_creators_kept: list[str] = field(default_factory=list)
     # The private blocks of the item being walked: creator element tag to creator, when a safe list exists.
     _blocks: dict[int, str] = field(default_factory=dict)
+    # Whether an element of ambiguous VR ("US or SS", "OB or OW"...) was kept at any depth: pydicom's writer
+    # must then correct it, so the output is not marked with its encoding (deid._mark_encoding).
+    ambiguous: bool = False
+    # Every sequence item the walk made (the body aside), for deid._mark_encoding.
+    made: list[Dataset] = field(default_factory=list)
+    # The output's byte order when it is written in explicit VR: kept binary elements read in explicit VR in
+    # this byte order go out raw (_passes_raw); None: every element is converted.
+    raw_little_endian: bool | None = None
+    # The input data set's elements by tag (read only): where the raw form of a top-level element is found.
+    raw_source: Mapping[BaseTag, object] = field(default_factory=dict)
 
     def item(self, source: Dataset, depth: int) -> Dataset:
         """A cleaned copy of one data set or sequence item."""
@@ -120,9 +152,13 @@ class Walk:
         self._blocks = self._private_blocks(source) if self.safe_private else {}
         kept_blocks: set[int] = set()
         for tag in list(source.keys()):
+            # The input's own element (never converted: the view is), for a top-level element kept raw.
+            raw = self.raw_source.get(tag) if depth == 0 else None
             try:
                 element = read_element(source, tag)
                 new = self._element(element, depth, code)
+                if new is element and self._passes_raw(raw):
+                    new = raw  # type: ignore[assignment]
             except Exception:
                 self._removed(int(tag), "failed")
                 if depth == 0 and int(tag) in REQUIRED:
@@ -130,6 +166,8 @@ class Walk:
                 new = self._typed_stand_in(int(tag))
             if new is None:
                 continue
+            if new.VR in AMBIGUOUS_VR:
+                self.ambiguous = True
             if new.VR == "SQ":
                 cleaned.add(new)  # pydicom passes the pixel representation down to the items
             else:
@@ -140,7 +178,32 @@ class Walk:
         if self._blocks:
             self._creators(source, cleaned, kept_blocks)
         self._blocks = outer_blocks
+        if depth:
+            self.made.append(cleaned)
         return cleaned
+
+    def _passes_raw(self, raw: object) -> bool:
+        """Whether a kept, unchanged element goes to the output as the raw element it was read from.
+
+        pydicom writes a raw element's bytes as they are (as the floor does), where a converted one is
+        encoded again. Only binary values (numbers, tags, OB/OW...) never text, and only where writing the
+        value again gives the same bytes: read in explicit VR with its VR named (no ambiguous VR to correct)
+        in the output's byte order, a whole number of values long, public, not pixel data (which `dcmwrite`
+        itself converts).
+        """
+        if self.raw_little_endian is None or not isinstance(raw, RawDataElement):
+            return False
+        size = _RAW_VALUE_SIZES.get(raw.VR) if raw.VR is not None else None
+        return (
+            size is not None
+            and not raw.is_implicit_VR
+            and raw.is_little_endian == self.raw_little_endian
+            and raw.value is not None
+            and raw.length == len(raw.value)
+            and len(raw.value) % size == 0
+            and not raw.tag >> 16 & 1
+            and raw.tag >> 16 != _PIXEL_GROUP
+        )
 
     def _private_blocks(self, source: Dataset) -> dict[int, str]:
         """Creator element tag to creator (trailing padding aside), for every private block of one item."""

@@ -96,10 +96,16 @@ def _untouched_by_policy(row: ProfileRow) -> bool:
     return all(row.options.get(option, row.basic) == row.basic for option in POLICY.options)
 
 
+# Elements whose mere presence rejects the instance (DEID.md 4.4 step 2: an Encapsulated Document is never
+# de-identified), so planting one would test the rejection, not the walk; the rejection has its own tests.
+REJECTING_TAGS = frozenset({0x00420011})
+
+
 def _drawable(row: ProfileRow) -> bool:
     return (
         row.tag >> 16 not in (0x0000, 0x0002, 0x0004, 0x7FE0)
         and row.tag not in ENGINE_WRITTEN
+        and row.tag not in REJECTING_TAGS
         and bool(keyword_for_tag(row.tag))
     )
 

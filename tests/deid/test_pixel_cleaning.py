@@ -7,18 +7,20 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.pixels import get_encoder
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     RLELossless,
 )
 
@@ -397,15 +399,73 @@ def test_real_ultrasound_files_with_regions_are_cleaned_outside_them(name: str) 
     "name",
     [
         "US1_UNCR.dcm",  # no regions
-        "US1_J2KR.dcm",  # no regions, and no JPEG 2000 decoder installed
+        # No regions; Pillow decodes its JPEG 2000 now (see below), so that is the only reason left.
+        "US1_J2KR.dcm",
         "examples_palette.dcm",  # a region starts below the last row: the regions do not fit this image
-        "color3d_jpeg_baseline.dcm",  # no JPEG decoder installed
     ],
 )
 def test_real_ultrasound_files_that_cannot_be_cleaned_with_certainty_are_rejected(name: str) -> None:
     with pytest.raises(DeidRejected) as raised:
         deidentify(read_testdata(name))
     assert raised.value.code == BURNED_IN
+
+
+def test_a_jpeg_2000_ultrasound_without_regions_is_rejected_for_its_regions_not_its_codec() -> None:
+    ds = read_testdata("US1_J2KR.dcm")
+    assert get_decoder(JPEG2000Lossless).is_available, "Pillow (a dependency) decodes JPEG 2000"
+    assert ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+    assert "SequenceOfUltrasoundRegions" not in ds
+    with pytest.raises(DeidRejected) as raised:
+        deidentify(ds)
+    assert raised.value.code == BURNED_IN
+
+
+def assert_lossy_jpeg_cleaned_outside_regions(
+    ds: Dataset, regions: list[tuple[int, int, int, int]]
+) -> Dataset:
+    """De-identify a JPEG baseline ultrasound; the decoded input is the reference (the codec is lossy)."""
+    before = frames_of(ds).copy()  # pydicom's decoding, YBR converted to RGB as the engine's
+    result = deidentify(ds)
+    out = reread(result.dataset)
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert not out["PixelData"].is_undefined_length
+    after = frames_of(out)
+    inside = inside_mask(ds.Rows, ds.Columns, regions)
+    assert np.any(before[:, ~inside]), "the image had something outside its regions to remove"
+    assert np.all(after[:, ~inside] == 0)
+    assert np.array_equal(after[:, inside], before[:, inside])
+    assert_recorded_as_cleaned(result, CLEANED_US_REGIONS)
+    # PS3.3 C.7.6.1.1.5: once lossy, always "01", even written uncompressed; the method is named.
+    assert out.LossyImageCompression == "01"
+    assert out.LossyImageCompressionMethod == "ISO_10918_1"
+    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit, "the input keeps its transfer syntax"
+    return out
+
+
+def test_a_real_jpeg_baseline_ultrasound_with_regions_is_cleaned_outside_them() -> None:
+    """color3d_jpeg_baseline.dcm: 120 YBR_FULL_422 frames, one region, lossy ratio 19 and no method."""
+    ds = read_testdata("color3d_jpeg_baseline.dcm")
+    regions = [
+        (r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1)
+        for r in ds.SequenceOfUltrasoundRegions
+    ]
+    out = assert_lossy_jpeg_cleaned_outside_regions(ds, regions)
+    assert out.PhotometricInterpretation == "RGB"
+    assert out.LossyImageCompressionRatio == ds.LossyImageCompressionRatio, "the input's ratio is kept"
+
+
+def test_a_jpeg_baseline_ultrasound_built_with_pillow_is_cleaned_outside_its_regions() -> None:
+    """pydicom 3 has no JPEG baseline encoder, so Pillow encodes the frame and pydicom encapsulates it."""
+    ds = make_us(rows=64, columns=80, regions=REGIONS)
+    frame = np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(ds.Rows, ds.Columns)
+    buffer = io.BytesIO()
+    Image.fromarray(frame, mode="L").save(buffer, format="JPEG", quality=90)
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    assert "LossyImageCompression" not in ds
+    assert_lossy_jpeg_cleaned_outside_regions(ds, REGIONS)
 
 
 @pytest.mark.parametrize(
