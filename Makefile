@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-report=xml:coverage.xml
+	$(BIN)/pytest -p no:cacheprovider --durations=20 --cov --cov-report=term --cov-report=xml:coverage.xml
 
 bench: bench-ingest bench-deid
 
