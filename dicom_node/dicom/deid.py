@@ -15,6 +15,7 @@ from importlib import metadata
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, cast
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -38,7 +39,7 @@ from dicom_node.dicom.deid_pixels import (
 )
 from dicom_node.dicom.deid_rules import Option, SafePrivate
 from dicom_node.dicom.deid_table import BASE_EDITION, BASE_SOURCE, SOURCE_SHA256, TOPUP_EDITION
-from dicom_node.dicom.deid_tokens import identifying_tokens
+from dicom_node.dicom.deid_tokens import identifying_tokens, read_element
 from dicom_node.dicom.deid_values import age_between, cap_age
 from dicom_node.dicom.deid_walk import Walk, private_view
 
@@ -269,10 +270,11 @@ def _required_identity(ds: Dataset) -> str:
 
 def _string(ds: Dataset, keyword: str) -> str | None:
     """One string value of a top-level element, None when absent; raises DeidRejected when unreadable."""
-    if keyword not in ds:
+    tag = _keyword_tag(keyword)
+    if tag not in ds._dict:
         return None
     try:
-        value = ds[keyword].value
+        value = read_element(ds, tag).value
     except Exception as exc:
         raise DeidRejected(REASON_MALFORMED) from exc
     if value is None:
@@ -280,6 +282,14 @@ def _string(ds: Dataset, keyword: str) -> str | None:
     if isinstance(value, bytes | bytearray) or not isinstance(value, str):
         raise DeidRejected(REASON_MALFORMED)
     return value.strip()
+
+
+@cache
+def _keyword_tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
 
 
 # The key of an instance without a Patient ID: its study, so unidentified patients never share one
@@ -319,8 +329,8 @@ def _write_identity(
     pseudonyms.append(Pseudonym(kind="patient_id", pseudo=pid, original=original))
     _put(body, 0x00100010, "PN", f"ANON^{pid}")  # PatientName
     _put(body, 0x00100020, "LO", pid)  # PatientID
-    _put(body, 0x00100021, "LO", policy.default_issuer)  # IssuerOfPatientID
-    _put(body, 0x00100030, "DA", "")  # PatientBirthDate
+    _put_fixed(body, 0x00100021, "LO", policy.default_issuer)  # IssuerOfPatientID
+    _put_fixed(body, 0x00100030, "DA", "")  # PatientBirthDate
     walk.counts["D"] += 2
     walk.counts["Z"] += 1
     for tag, kind, value, pseudonym_of in (
@@ -382,6 +392,28 @@ def _put(ds: Dataset, tag: int, vr: str, value: object) -> None:
     ds._dict[element.tag] = element
 
 
+def _put_fixed(ds: Dataset, tag: int, vr: str, value: str | bytes) -> None:
+    """`_put` for a value the engine writes into every instance (a constant, a policy's name): a new element
+    copied from one made once, which holds the same immutable value (str, UID, bytes or None)."""
+    template = _fixed_element(tag, vr, type(value), value)
+    if template is None:
+        _put(ds, tag, vr, value)
+        return
+    element = DataElement.__new__(DataElement)
+    element.__dict__.update(template.__dict__)
+    ds._dict[element.tag] = element
+
+
+@lru_cache(maxsize=64)
+def _fixed_element(tag: int, vr: str, kind: type, value: str | bytes) -> DataElement | None:
+    """The element `_put` makes, when its value is immutable (None: not, as a DA under pydicom's
+    `datetime_conversion`); `kind` keys the cache apart for equal values of different types."""
+    element = DataElement(tag, vr, value)
+    if element.value is not None and not isinstance(element.value, str | bytes):
+        return None
+    return element
+
+
 @cache
 def _method_values(options: tuple[Option, ...], key_id: str, pixels_cleaned: bool) -> tuple[str, ...]:
     """De-identification Method for one policy, key and pixel outcome: built once, copied per instance."""
@@ -429,7 +461,7 @@ def _record(
     form, as pydicom would write them in that encoding (see _encoded_sequence), which is built once per
     policy and study instead of once per instance.
     """
-    _put(body, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
+    _put_fixed(body, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
     _put(body, 0x00120063, "LO", _method(options, keys.key_id, pixels_cleaned))  # DeidentificationMethod
     charset = _charset_key(body) if encoding is not None else None
     method_codes = (
@@ -446,7 +478,7 @@ def _record(
         body["BurnedInAnnotation"] = DataElement("BurnedInAnnotation", "CS", "NO")
     shifted = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
     # LongitudinalTemporalInformationModified
-    _put(body, 0x00280303, "CS", "MODIFIED" if shifted else "REMOVED")
+    _put_fixed(body, 0x00280303, "CS", "MODIFIED" if shifted else "REMOVED")
     contributed_at = _contribution_datetime(body) if shifted else None
     if "ContributingEquipmentSequence" in body:
         existing = list(body.ContributingEquipmentSequence)
@@ -610,7 +642,7 @@ def _file_meta(
     """
     source = getattr(original, "file_meta", None)
     meta = _FileMeta()
-    _put(meta, 0x00020001, "OB", b"\x00\x01")  # FileMetaInformationVersion
+    _put_fixed(meta, 0x00020001, "OB", b"\x00\x01")  # FileMetaInformationVersion
     # The body's UIDs are already remapped (unless registered); the sender's meta values still need it.
     sop_class = str(body.get("SOPClassUID") or "")
     if not sop_class and source is not None and "MediaStorageSOPClassUID" in source:
@@ -631,16 +663,16 @@ def _file_meta(
     elif transfer_syntax not in REGISTERED_UIDS:
         # A private transfer syntax: we cannot tell what the pixel bytes hold.
         raise DeidRejected(REASON_MALFORMED)
-    _put(meta, 0x00020010, "UI", UID(transfer_syntax))  # TransferSyntaxUID
-    _put(meta, 0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID))  # ImplementationClassUID
-    _put(meta, 0x00020013, "SH", f"DICOM_NODE_{_version()}"[:16])  # ImplementationVersionName
-    _put(meta, 0x00020016, "AE", policy.node_ae_title)  # SourceApplicationEntityTitle
+    _put_fixed(meta, 0x00020010, "UI", UID(transfer_syntax))  # TransferSyntaxUID
+    _put_fixed(meta, 0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID))  # ImplementationClassUID
+    _put_fixed(meta, 0x00020013, "SH", f"DICOM_NODE_{_version()}"[:16])  # ImplementationVersionName
+    _put_fixed(meta, 0x00020016, "AE", policy.node_ae_title)  # SourceApplicationEntityTitle
     for keyword, tag in (
         ("SendingApplicationEntityTitle", 0x00020017),
         ("ReceivingApplicationEntityTitle", 0x00020018),
     ):
         if source is not None and keyword in source:
-            _put(meta, tag, "AE", policy.node_ae_title)
+            _put_fixed(meta, tag, "AE", policy.node_ae_title)
     return meta
 
 

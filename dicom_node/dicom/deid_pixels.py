@@ -7,9 +7,12 @@ image that the regions method of `deid_clean` can clean; every other instance ke
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import TYPE_CHECKING, Final
 
-from dicom_node.dicom.deid_tokens import MIN_PIXEL_TOKEN, bytes_contain
+from pydicom.datadict import tag_for_keyword
+
+from dicom_node.dicom.deid_tokens import MIN_PIXEL_TOKEN, bytes_contain, read_element
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,11 +79,20 @@ _PIXEL_TAGS: Final = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _OVERLAY_BITS_ALLOCATED: Final = 0x0100
 
 
+@cache
+def _keyword_tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
 def _text(ds: Dataset, keyword: str) -> list[str]:
     """The values of a string element as a list; raises when the element is present but undecodable."""
-    if keyword not in ds:
+    tag = _keyword_tag(keyword)
+    if tag not in ds._dict:
         return []
-    value = ds[keyword].value
+    value = read_element(ds, tag).value
     if value is None:
         return []
     if isinstance(value, str | bytes):
@@ -148,6 +160,8 @@ def _risks(ds: Dataset, sop_class: str) -> Iterator[str]:
 
 def _overlay_in_pixel_bits(ds: Dataset) -> bool:
     """Whether a 60xx group puts its overlay in the pixel data's unused bits (PS3.3 C.9.2, retired)."""
+    if not any(0x6000 <= tag >> 16 < 0x6020 for tag in ds._dict):
+        return False  # no overlay group at all: nothing below can be true
     for group in range(0x6000, 0x6020, 2):
         tag = (group << 16) | _OVERLAY_BITS_ALLOCATED
         if tag in ds:

@@ -12,13 +12,19 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final, cast
 
 import numpy as np
-from pydicom.dataelem import DataElement, convert_raw_data_element
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.hooks import hooks
 from pydicom.multival import MultiValue
+from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.valuerep import AMBIGUOUS_VR
+from pydicom.values import convert_value
 
 from dicom_node.dicom.deid_allowlists import IDENTIFYING_SOURCES, REGISTERED_UIDS
 
 if TYPE_CHECKING:
+    from collections.abc import MutableSequence
+
     from numpy.typing import NDArray
     from pydicom.dataset import Dataset
     from pydicom.tag import BaseTag
@@ -29,6 +35,7 @@ MIN_PIXEL_TOKEN: Final = 6
 _SPLIT: Final = re.compile(r"[\^=\s,.\-/]+")
 _DIGIT_RUN: Final = re.compile(r"\d{5,}")
 _BIRTH_DATE: Final = 0x00100030
+_BIRTH_DATES: Final = frozenset({_BIRTH_DATE})  # by hash: a BaseTag compared with == costs a call
 _MAX_DEPTH: Final = 32
 _STRUCT_FORMAT: Final = {
     "US": "H",
@@ -82,7 +89,7 @@ def _collect(ds: Dataset, tokens: set[str], depth: int) -> None:
                     for item in element.value or []:
                         _collect(item, tokens, depth + 1)
                 continue
-            if vr == "PN" or tag in IDENTIFYING_SOURCES or tag == _BIRTH_DATE:
+            if vr == "PN" or tag in IDENTIFYING_SOURCES or tag in _BIRTH_DATES:
                 for value in _values(element):
                     if not isinstance(value, bytes | bytearray):
                         _add(tokens, str(value))
@@ -117,13 +124,46 @@ def read_element(ds: Dataset, tag: int) -> DataElement:
         # What ds[tag] does for such an element, without its repeated look-ups: convert with the data set's
         # character set, store it in the data set (nothing else of __setitem__ applies: not private, not
         # pixel data), no sequence to pass the pixel representation to and no ambiguous VR to correct.
-        converted = convert_raw_data_element(
-            element, encoding=ds.original_character_set or ds._character_set, ds=ds
-        )
+        converted = _convert(element, ds.original_character_set or ds._character_set, ds)
         if converted.VR not in _SLOW_CONVERSION_VRS:
             ds._dict[element.tag] = converted
             return converted
     return ds[tag]
+
+
+def _convert(raw: RawDataElement, encoding: str | MutableSequence[str], ds: Dataset) -> DataElement:
+    """`convert_raw_data_element(raw, encoding=encoding, ds=ds)` for an element read in explicit VR.
+
+    With pydicom's own hooks in place and no element callback, that function names the element's VR as read
+    (not UN: no dictionary look-up), converts the value with `convert_value`, fixes nothing (not a LUT
+    descriptor) and makes the DataElement below; this does the same without the hooks' indirection. Any
+    other case, and any failure (pydicom's own handling of it applies), goes through pydicom.
+    """
+    vr = raw.VR
+    if (
+        vr is not None
+        and vr != "UN"
+        and config.data_element_callback is None
+        and not hooks.raw_element_kwargs
+        and hooks.raw_element_vr is _DEFAULT_VR_HOOK
+        and hooks.raw_element_value is _DEFAULT_VALUE_HOOK
+        and raw.tag not in _LUT_DESCRIPTORS
+    ):
+        try:
+            value = convert_value(vr, raw, encoding)
+        except Exception:
+            pass
+        else:
+            return DataElement(
+                raw.tag, vr, value, raw.value_tell, raw.length == 0xFFFFFFFF, already_converted=True
+            )
+    return convert_raw_data_element(raw, encoding=encoding, ds=ds)
+
+
+_DEFAULT_VR_HOOK: Final = hooks.raw_element_vr
+# A set, not pydicom's tuple: membership by hash, without a comparison per entry.
+_LUT_DESCRIPTORS: Final = frozenset(_LUT_DESCRIPTOR_TAGS)
+_DEFAULT_VALUE_HOOK: Final = hooks.raw_element_value
 
 
 # Elements ds[tag] does more for than convert and store: sequences, ambiguous VRs (which conversion can also

@@ -18,7 +18,7 @@ from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.valuerep import AMBIGUOUS_VR
+from pydicom.valuerep import AMBIGUOUS_VR, IS, DSdecimal, DSfloat
 
 from dicom_node.dicom.deid_allowlists import (
     ALWAYS_REMOVED,
@@ -151,13 +151,23 @@ class Walk:
         outer_blocks = self._blocks
         self._blocks = self._private_blocks(source) if self.safe_private else {}
         kept_blocks: set[int] = set()
+        # Kept text goes out raw only where its bytes cannot depend on the character set (ASCII in one that
+        # encodes ASCII as itself) and the output is explicit VR, as for binary values (_passes_raw).
+        text_raw = depth == 0 and self.raw_little_endian is not None and _ascii_charset(source)
         for tag in list(source.keys()):
             # The input's own element (never converted: the view is), for a top-level element kept raw.
             raw = self.raw_source.get(tag) if depth == 0 else None
             try:
                 element = read_element(source, tag)
                 new = self._element(element, depth, code)
-                if new is element and self._passes_raw(raw):
+                if (
+                    new is not None
+                    and raw is not None
+                    and (
+                        (new is element and self._passes_raw(raw))
+                        or (text_raw and _same_text_bytes(raw, new))
+                    )
+                ):
                     new = raw  # type: ignore[assignment]
             except Exception:
                 self._removed(int(tag), "failed")
@@ -619,6 +629,89 @@ def private_view(ds: Dataset) -> Dataset:
         for tag, element in ds._dict.items()
     }
     return view
+
+
+# Python codecs (pydicom's names for Specific Character Set values) that encode ASCII text as ASCII bytes.
+_ASCII_CODECS: Final = frozenset({"iso8859", "latin_1", "UTF8", "utf_8"})
+# Text VRs whose writer (pydicom.filewriter.writers) puts a str value out as its characters, values joined
+# by a backslash, padded to even length: with a NUL for UI, a space for the others.
+_STRING_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"})
+_CHARSET_TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT"})
+_NUMBER_STRING_VRS: Final = frozenset({"DS", "IS"})
+_RAW_TEXT_VRS: Final = _STRING_VRS | _CHARSET_TEXT_VRS | _NUMBER_STRING_VRS
+
+
+def _ascii_charset(source: Dataset) -> bool:
+    """Whether the data set's text is encoded with a character set that writes ASCII text as ASCII."""
+    try:
+        charset = source._character_set
+    except Exception:
+        return False
+    codecs = [charset] if isinstance(charset, str) else list(charset)
+    return all(codec in _ASCII_CODECS for codec in codecs)
+
+
+def _same_text_bytes(raw: object, new: DataElement | RawDataElement) -> bool:
+    """Whether pydicom writes the kept text element `new` as exactly the bytes of the input's `raw`.
+
+    Then the output holds the raw element, which the writer copies as it is (as the floor does), instead of
+    encoding the value again. Only for a public, top-level element read in explicit VR with its own length,
+    of the same tag and VR, whose value is ASCII text written the way `_text_bytes` spells out.
+    """
+    if not isinstance(raw, RawDataElement) or not isinstance(new, DataElement):
+        return False
+    vr = raw.VR
+    if vr not in _RAW_TEXT_VRS or vr != new.VR:
+        return False
+    value = raw.value
+    if (
+        raw.is_implicit_VR
+        or not isinstance(value, bytes)
+        or raw.length != len(value)
+        or new.is_undefined_length
+        or raw.tag >> 16 & 1
+        or not value.isascii()
+    ):
+        return False
+    encoded = _text_bytes(new, vr)
+    return encoded is not None and encoded == value
+
+
+def _text_bytes(element: DataElement, vr: str) -> bytes | None:
+    """What pydicom's writer gives for the value of `element` (VR `vr`) when it is ASCII text; None when
+    unsure (any other value type, non-ASCII text): the element is then written as pydicom encodes it."""
+    value = element.value
+    numeric = vr in _NUMBER_STRING_VRS
+    if value is None:
+        return b""
+    if isinstance(value, MultiValue | list | tuple):
+        texts: list[str] = []
+        for item in value:
+            text = _item_text(item, numeric=numeric)
+            if text is None:
+                return None
+            texts.append(text)
+        joined = "\\".join(texts)
+    else:
+        single = _item_text(value, numeric=numeric)
+        if single is None:
+            return None
+        joined = single
+    if not joined.isascii():
+        return None
+    if len(joined) % 2:
+        joined += "\0" if vr == "UI" else " "
+    return joined.encode("ascii")
+
+
+def _item_text(item: object, *, numeric: bool) -> str | None:
+    """One value as pydicom's writer spells it: a DS or IS by its original string, a text value as itself."""
+    if numeric:
+        original = getattr(item, "original_string", None)
+        if original is not None:
+            return original if isinstance(original, str) else None
+        return str(item) if isinstance(item, IS | DSfloat | DSdecimal | str) else None
+    return item if isinstance(item, str) else None
 
 
 def _private_element(element: DataElement) -> DataElement:
