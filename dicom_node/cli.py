@@ -20,6 +20,7 @@ from dicom_node.core.errors import DicomNodeError
 from dicom_node.core.observability import configure_logging
 from dicom_node.core.settings import Settings, load_settings, parse_ae_title
 from dicom_node.dicom.deid import DeidPolicy
+from dicom_node.dicom.deid_conformance import conformance_lines
 from dicom_node.processes import run_node
 from dicom_node.services import audit_trail, auth, deid_files
 from dicom_node.services import peers as peer_service
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("audit-export", help="print audit events as RFC 5424 syslog lines")
     export.add_argument("--after-id", type=int, default=0, help="only events after this id (resume point)")
+    commands.add_parser(
+        "deid-conformance", help="print PS3.2 Table N.11-6 (de-identified elements and actions)"
+    )
     commands.add_parser("verify-audit", help="check the audit trail's hash chain; exit 1 on a break")
 
     db = commands.add_parser("db", help="database administration").add_subparsers(
@@ -239,6 +243,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, stdin: TextIO
             return _run_user(settings, args, out, stdin or sys.stdin)
         if args.command == "audit-export":
             return _run_audit_export(settings, args, out)
+        if args.command == "deid-conformance":
+            out.writelines(line + "\n" for line in conformance_lines())
+            return 0
         if args.command == "verify-audit":
             return _run_verify_audit(settings, out)
         if args.command == "deidentify":

@@ -310,7 +310,7 @@ class Walk:
         if depth == 0 and tag in FIXED_IDENTITY:
             return None
         if _row_for(tag) is not None:
-            return self._apply(element, _action_for(tag, self.options), depth)
+            return self._apply(element, action_for(tag, self.options), depth)
         return self._unlisted(element, depth, code_meaning)
 
     def _private(self, element: DataElement) -> DataElement | None:
@@ -575,7 +575,7 @@ def _row_for(tag: int) -> ProfileRow | PatternRow | None:
 
 
 @lru_cache(maxsize=8192)
-def _action_for(tag: int, options: frozenset[Option]) -> Action:
+def action_for(tag: int, options: frozenset[Option]) -> Action:
     """The row's action with the policy's options in force, the first changing option winning."""
     row = _row_for(tag)
     if row is None:
