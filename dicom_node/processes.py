@@ -136,17 +136,24 @@ def _watch_supervisor(stop: threading.Event, supervisor_pid: int) -> None:
             stop.set()
 
 
-def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channel: socket.socket) -> None:
-    """Body of one receiver process: serve what the supervisor hands over until SIGTERM, then drain."""
+def _child_start(settings_data: dict[str, Any]) -> tuple[threading.Event, _StopRequest, Settings]:
+    """What every child process does first: SIGTERM asks it to stop, Ctrl-C is the supervisor's to
+    turn into SIGTERM, it stops when the supervisor is gone, and it logs as the supervisor does."""
     stop = threading.Event()
     request = _StopRequest()
     _install_stop_handlers(request, (signal.SIGTERM,))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(
         target=_watch_supervisor, args=(stop, os.getppid()), name="supervisor-watch", daemon=True
     ).start()
     settings = Settings(**settings_data)
     configure_logging(settings.log_level)
+    return stop, request, settings
+
+
+def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channel: socket.socket) -> None:
+    """Body of one receiver process: serve what the supervisor hands over until SIGTERM, then drain."""
+    stop, request, settings = _child_start(settings_data)
     node = build_node(settings)
     configure_libraries(node.blobs.tmp_dir)
     try:
@@ -163,15 +170,7 @@ def _receiver_main(settings_data: dict[str, Any], ready: Any, index: int, channe
 
 def _worker_main(settings_data: dict[str, Any]) -> None:
     """Body of one job worker process: run jobs until SIGTERM, finishing the job in hand."""
-    stop = threading.Event()
-    request = _StopRequest()
-    _install_stop_handlers(request, (signal.SIGTERM,))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(
-        target=_watch_supervisor, args=(stop, os.getppid()), name="supervisor-watch", daemon=True
-    ).start()
-    settings = Settings(**settings_data)
-    configure_logging(settings.log_level)
+    stop, request, settings = _child_start(settings_data)
     configure_file_tools()
     node = build_node(settings)
     config = worker_config(settings)

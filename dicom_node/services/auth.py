@@ -145,6 +145,7 @@ def login(
 ) -> IssuedToken:
     """A session token for a correct password; counts failures and locks the account after too many."""
     now = node.clock.now()
+    # A failure is raised only after the transaction commits, so its counter, lock and audit event stay.
     with node.sessions.begin() as session:
         user = accounts.user_by_name(session, username, for_update=True)
         if user is None or user.disabled:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, func, or_, select
 
 from dicom_node.core.errors import DicomNodeError
 from dicom_node.services.views import NotFound, Page, PageRequest
@@ -226,7 +226,7 @@ def study_detail(
             select(Job).where(Job.study_id == study_id).order_by(Job.created_at, Job.id)
         ).all()
         latest = next((job.status for job in reversed(jobs) if job.kind == JobKind.DEIDENTIFY), None)
-        series_count = len(session.scalars(select(Series.id).where(Series.study_id == study_id)).all())
+        series_count = session.scalar(select(func.count()).where(Series.study_id == study_id)) or 0
         outcomes = session.execute(
             select(DeidInstance.outcome, DeidInstance.reason_code).where(DeidInstance.study_id == study_id)
         ).all()

@@ -109,7 +109,7 @@ def deidentify_file(source: Path, target: Path, policy: DeidPolicy, keys: DeidKe
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with temporary.open("wb") as handle:
-            pydicom.dcmwrite(handle, result.dataset, enforce_file_format=True)
+            handle.write(encode(result))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)

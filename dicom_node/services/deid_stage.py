@@ -165,8 +165,8 @@ def _deidentify_instance(
         key = node.blobs.write_bytes(data, namespace=DEID_NAMESPACE)
     except OSError as exc:
         raise DeidStoreFailed() from exc
-    for keyword in ("PatientID", "StudyInstanceUID"):
-        value = _uid(result, keyword)
+    study_uid = _uid(result, "StudyInstanceUID")
+    for keyword, value in (("PatientID", _uid(result, "PatientID")), ("StudyInstanceUID", study_uid)):
         if value is not None:
             identity.setdefault(keyword, value)
     for pseudonym in result.pseudonyms:
@@ -181,7 +181,7 @@ def _deidentify_instance(
         blob_key=key,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        study_instance_uid=_uid(result, "StudyInstanceUID"),
+        study_instance_uid=study_uid,
         series_instance_uid=_uid(result, "SeriesInstanceUID"),
         sop_instance_uid=_uid(result, "SOPInstanceUID"),
         pixel_decision=result.report.pixel_decision,
@@ -243,6 +243,7 @@ def _commit(
     lease_seconds: float,
 ) -> list[str]:
     now = node.clock.now()
+    policy_hash = stage.policy_hash
     with node.sessions.begin() as session:
         if not jobs.extend_lease(session, job, now=now, lease_seconds=lease_seconds):
             raise LeaseLost()
@@ -255,7 +256,7 @@ def _commit(
             study_id=summary.study_id,
             generation=summary.generation,
             key_id=stage.keys.key_id,
-            policy_hash=stage.policy_hash,
+            policy_hash=policy_hash,
             now=now,
         )
         records_repo.mark_study_deidentified(
@@ -287,7 +288,7 @@ def _commit(
                 "unchanged": summary.unchanged,
                 "reasons": summary.reasons,
                 "key_id": stage.keys.key_id,
-                "policy_hash": stage.policy_hash,
+                "policy_hash": policy_hash,
             },
         )
         if not jobs.succeed(session, job, now=now):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -86,13 +87,20 @@ def get_job(node: Node, job_id: str) -> JobView:
         return _view(job)
 
 
-def _act(node: Node, job_id: str, action: str, *, actor: str, client_address: str | None) -> JobView:
+def _act(
+    node: Node,
+    job_id: str,
+    change: Callable[..., str | None],
+    action: str,
+    *,
+    actor: str,
+    client_address: str | None,
+) -> JobView:
     now = node.clock.now()
     with node.sessions.begin() as session:
         if session.get(Job, job_id) is None:
             raise NotFound()
-        changed = (jobs.retry if action == "job_retry" else jobs.cancel)(session, job_id, now=now)
-        if changed is None:
+        if change(session, job_id, now=now) is None:
             raise Conflict()
         audit.append(
             session,
@@ -108,8 +116,8 @@ def _act(node: Node, job_id: str, action: str, *, actor: str, client_address: st
 
 def retry_job(node: Node, job_id: str, *, actor: str, client_address: str | None = None) -> JobView:
     """A dead, failed or cancelled job queued again with its attempts reset."""
-    return _act(node, job_id, "job_retry", actor=actor, client_address=client_address)
+    return _act(node, job_id, jobs.retry, "job_retry", actor=actor, client_address=client_address)
 
 
 def cancel_job(node: Node, job_id: str, *, actor: str, client_address: str | None = None) -> JobView:
-    return _act(node, job_id, "job_cancel", actor=actor, client_address=client_address)
+    return _act(node, job_id, jobs.cancel, "job_cancel", actor=actor, client_address=client_address)
