@@ -6,17 +6,12 @@ import logging
 import ssl
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import uvicorn
 from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 from sqlalchemy.engine import make_url
 
-from admin_api.app import create_app
-from admin_api.context import ApiContext
-from admin_api.ratelimit import RateLimiter
 from dicom_node.core.clock import Clock, SystemClock
 from dicom_node.core.settings import Settings
 from dicom_node.dicom.deid import DeidPolicy
@@ -24,11 +19,8 @@ from dicom_node.dicom.deid_keys import SECRET_BYTES, DeidKeys, DeidSecretInvalid
 from dicom_node.dicom.validation import ValidationRules
 from dicom_node.net import reactor_wakeup
 from dicom_node.net.scp import ScpConfig
-from dicom_node.services.auth import AuthPolicy
 from dicom_node.services.deid_stage import DeidStage
-from dicom_node.services.health import readiness, tcp_listening
 from dicom_node.services.node import IngestPolicy, Node
-from dicom_node.services.node_state import NodeStateCollector
 from dicom_node.services.worker import WorkerConfig
 from storage import migrate
 from storage.blobs import FileBlobStore
@@ -161,40 +153,6 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
         context.load_verify_locations(settings.tls_ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-def api_context(
-    settings: Settings, node: Node, *, scp_listening: Callable[[], bool] | None = None
-) -> ApiContext:
-    """The admin API's dependencies; without an in-process SCP, readiness probes the DICOM port."""
-    probe = scp_listening or tcp_listening(settings.dicom_host, settings.dicom_port)
-    return ApiContext(
-        node=node,
-        auth=AuthPolicy(
-            session_seconds=settings.api_session_seconds,
-            lockout_attempts=settings.api_lockout_attempts,
-            lockout_seconds=settings.api_lockout_seconds,
-        ),
-        ae_title=settings.ae_title,
-        readiness=lambda: readiness(node, scp_listening=probe),
-        user_limiter=RateLimiter(per_minute=settings.api_rate_per_minute),
-        client_limiter=RateLimiter(per_minute=settings.api_client_rate_per_minute),
-        collectors=(NodeStateCollector(node),),
-    )
-
-
-def api_server(settings: Settings, context: ApiContext) -> uvicorn.Server:
-    """The uvicorn server for the app; the caller runs it (foreground for `api`, a thread for `serve`)."""
-    config = uvicorn.Config(
-        create_app(context),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        lifespan="off",
-    )
-    return uvicorn.Server(config)
 
 
 def describe_database(settings: Settings) -> str:

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from dicom_node.api_root import api_context, api_server
 from dicom_node.bootstrap import (
-    api_context,
-    api_server,
     build_node,
     configure_file_tools,
     deid_keys,

@@ -22,11 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-import uvicorn
-
 from dicom_node.bootstrap import (
-    api_context,
-    api_server,
     build_node,
     configure_file_tools,
     configure_libraries,
@@ -52,6 +48,8 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from pathlib import Path
     from types import FrameType
+
+    import uvicorn
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +341,8 @@ class Supervisor:
 
     def _start_api(self, node: Any) -> str:
         """The admin API in a thread of the supervisor; its address for the start-up line."""
+        from dicom_node.api_root import api_context, api_server  # children never need it: see there
+
         settings = self._settings
         server = api_server(settings, api_context(settings, node, scp_listening=self._receivers_listening))
         thread = threading.Thread(target=server.run, name="admin-api", daemon=True)

@@ -15,7 +15,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from admin_api.app import create_app
 from admin_api.context import ApiContext
-from dicom_node import bootstrap
+from dicom_node import api_root
 from dicom_node.core.clock import ManualClock
 from dicom_node.core.errors import InstanceRejected
 from dicom_node.core.settings import Settings
@@ -77,7 +77,7 @@ class Api:
 def build_api(
     node: Node, settings: Settings, clock: ManualClock, context: ApiContext | None = None, **client: Any
 ) -> Api:
-    context = context or bootstrap.api_context(settings, node, scp_listening=lambda: True)
+    context = context or api_root.api_context(settings, node, scp_listening=lambda: True)
     test_client = TestClient(create_app(context), **client)
     api = Api(client=test_client, node=node, clock=clock, settings=settings, context=context)
     for role in ROLES:

@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from admin_api.app import create_app
 from admin_api.security import ROUTE_ROLES
-from dicom_node import bootstrap
+from dicom_node import api_root
 from dicom_node.core.settings import Settings
 from dicom_node.services.auth import add_user, create_machine_token
 from dicom_node.services.node import Node
@@ -37,7 +37,7 @@ def _body(method: str, template: str) -> dict[str, object] | None:
 def test_every_route_of_the_app_has_an_access_rule_and_every_rule_a_route(
     node: Node, settings: Settings
 ) -> None:
-    app = create_app(bootstrap.api_context(settings, node, scp_listening=lambda: True))
+    app = create_app(api_root.api_context(settings, node, scp_listening=lambda: True))
     # FastAPI 0.16x keeps included routers nested in app.routes; their contexts carry the full paths.
     registered = {
         (method, context.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from admin_api.security import ROUTE_ROLES
-from dicom_node import bootstrap
+from dicom_node import api_root
 from dicom_node.core.clock import ManualClock
 from dicom_node.core.settings import Settings
 from dicom_node.services.node import Node
@@ -36,7 +36,7 @@ def test_healthz_and_readyz_answer_when_all_is_well(api: Api) -> None:
 def test_readyz_is_503_when_the_scp_is_not_listening(
     node: Node, settings: Settings, clock: ManualClock
 ) -> None:
-    context = bootstrap.api_context(settings, node, scp_listening=lambda: False)
+    context = api_root.api_context(settings, node, scp_listening=lambda: False)
     api = build_api(node, settings, clock, context)
     with api.client:
         answer = api.get("/readyz")

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from admin_api.ratelimit import RateLimiter
-from dicom_node import bootstrap
+from dicom_node import api_root
 from dicom_node.core.clock import ManualClock
 from dicom_node.core.settings import Settings
 from dicom_node.services.node import Node
@@ -39,7 +39,7 @@ def ticks() -> Ticks:
 @pytest.fixture
 def limited_api(node: Node, settings: Settings, clock: ManualClock, ticks: Ticks) -> Iterator[Api]:
     context = dataclasses.replace(
-        bootstrap.api_context(settings, node, scp_listening=lambda: True),
+        api_root.api_context(settings, node, scp_listening=lambda: True),
         user_limiter=RateLimiter(per_minute=3, clock=ticks),
         client_limiter=RateLimiter(per_minute=5, clock=ticks),
     )
