@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser(
-        "serve", help="run everything: SCP receivers, study completion and the job workers (WORKERS)"
+        "serve", help="run everything: SCP receivers, study completion, job workers (WORKERS), admin API"
     )
     commands.add_parser("scp", help="run only the DICOM receivers (scale-out against PostgreSQL)")
     commands.add_parser("worker", help="run only job workers, WORKERS processes (scale-out)")
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_parser("list", help="list remote AEs")
     remove = peer.add_parser("remove", help="remove a remote AE")
     remove.add_argument("ae_title", type=_ae_title)
+    echo = peer.add_parser("echo", help="C-ECHO a remote AE as this node; exit 1 when it does not answer")
+    echo.add_argument("ae_title", type=_ae_title)
 
     deid = commands.add_parser(
         "deidentify",
@@ -134,11 +136,19 @@ def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
                 for view in peer_service.list_peers(session):
                     push = " push-results" if view.push_results else ""
                     out.write(f"{view.ae_title}\t{view.host}\t{view.port}{push}\n")
+            elif args.peer_command == "echo":
+                peer = peer_service.get_peer(session, ae_title=args.ae_title)
             else:
                 peer_service.remove_peer(session, ae_title=args.ae_title, now=node.clock.now())
                 out.write(f"removed {args.ae_title}\n")
     finally:
         node.engine.dispose()
+    if args.peer_command == "echo":
+        result = peer_service.echo_peer(peer, calling_ae_title=settings.ae_title)
+        status = "none" if result.status is None else f"0x{result.status:04X}"
+        outcome = "success" if result.success else "failed"
+        out.write(f"echo {result.ae_title}: {outcome} (status {status}, {result.elapsed_ms} ms)\n")
+        return 0 if result.success else 1
     return 0
 
 
