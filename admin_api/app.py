@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from admin_api import errors
 from admin_api.context import ApiContext
-from admin_api.routes import audit, auth, health, jobs, peers, rejections, studies
+from admin_api.routes import access, audit, auth, health, jobs, peers, rejections, studies
 from admin_api.security import authorize
 from dicom_node.core import metrics
 from dicom_node.core.observability import bound, correlation_id, new_correlation_id
@@ -48,6 +48,8 @@ def create_app(context: ApiContext) -> FastAPI:
         rejections.router,
         audit.router,
         peers.router,
+        access.tokens,
+        access.users,
     ):
         app.include_router(router)
 

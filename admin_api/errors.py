@@ -28,6 +28,7 @@ STATUS_BY_CODE: Final = {
     "auth.locked": 423,
     "auth.user_invalid": 422,
     "auth.user_exists": 409,
+    "auth.last_admin": 409,
     "rate.limited": 429,
     "request.invalid": 422,
     "request.page_invalid": 422,

@@ -42,7 +42,14 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role | None]] = {
     ("POST", f"{V1}/peers"): Role.ADMIN,
     ("GET", f"{V1}/peers/{{ae_title}}"): Role.VIEWER,
     ("DELETE", f"{V1}/peers/{{ae_title}}"): Role.ADMIN,
+    ("PATCH", f"{V1}/peers/{{ae_title}}"): Role.ADMIN,
     ("POST", f"{V1}/peers/{{ae_title}}/echo"): Role.OPERATOR,
+    ("GET", f"{V1}/tokens"): Role.ADMIN,
+    ("POST", f"{V1}/tokens/{{token_id}}/revoke"): Role.ADMIN,
+    ("GET", f"{V1}/users"): Role.ADMIN,
+    ("POST", f"{V1}/users"): Role.ADMIN,
+    ("GET", f"{V1}/users/{{user_id}}"): Role.ADMIN,
+    ("PATCH", f"{V1}/users/{{user_id}}"): Role.ADMIN,
 }
 # Reading original patient identifiers (a query flag on study routes) needs this role, and is audited.
 PHI_ROLE: Final = Role.ADMIN

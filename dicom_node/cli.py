@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from dicom_node.api_root import api_context, api_server
 from dicom_node.bootstrap import (
@@ -21,10 +23,16 @@ from dicom_node.core.settings import Settings, load_settings, parse_ae_title
 from dicom_node.dicom.deid import DeidPolicy
 from dicom_node.dicom.deid_conformance import conformance_lines
 from dicom_node.processes import run_node
-from dicom_node.services import audit_trail, auth, deid_files
+from dicom_node.services import access_admin, audit_trail, auth, deid_files
 from dicom_node.services import peers as peer_service
+from dicom_node.services.views import MAX_PAGE_SIZE, Page, PageRequest
 from storage import migrate
 from storage.models import Role
+
+if TYPE_CHECKING:
+    from dicom_node.services.node import Node
+
+T = TypeVar("T")
 
 
 def _ae_title(value: str) -> str:
@@ -61,12 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="create a token; it is printed once, as the last line")
     create.add_argument("--role", required=True, choices=[role.value for role in Role])
     create.add_argument("--name", required=True, help="what the token is for, e.g. the RIS host")
+    tokens = token.add_parser("list", help="list tokens (machine tokens and users' sessions)")
+    tokens.add_argument("--active", action="store_true", help="only tokens that still work")
+    revoke = token.add_parser("revoke", help="revoke a token by its id (tok_...); it stops working at once")
+    revoke.add_argument("token_id")
     user = commands.add_parser("user", help="admin API users").add_subparsers(
         dest="user_command", required=True
     )
     add_user = user.add_parser("add", help="add a user; the password is read from stdin (one line)")
     add_user.add_argument("username")
     add_user.add_argument("--role", required=True, choices=[role.value for role in Role])
+    user.add_parser("list", help="list users, their roles, and whether they are disabled or locked")
+    change = user.add_parser("update", help="change a user's role, disable or enable it, or unlock it")
+    change.add_argument("username")
+    change.add_argument("--role", choices=[role.value for role in Role])
+    enabled = change.add_mutually_exclusive_group()
+    enabled.add_argument("--disable", dest="disabled", action="store_const", const=True)
+    enabled.add_argument("--enable", dest="disabled", action="store_const", const=False)
+    change.add_argument("--unlock", action="store_true", help="lift a lockout after failed logins")
 
     export = commands.add_parser("audit-export", help="print audit events as RFC 5424 syslog lines")
     export.add_argument("--after-id", type=int, default=0, help="only events after this id (resume point)")
@@ -88,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("port", type=_port)
     add.add_argument("--push-results", action="store_true", help="send AI result SRs to this AE")
     peer.add_parser("list", help="list remote AEs")
+    move = peer.add_parser("update", help="change a remote AE's address or whether results are pushed to it")
+    move.add_argument("ae_title", type=_ae_title)
+    move.add_argument("--host")
+    move.add_argument("--port", type=_port)
+    move.add_argument("--push-results", action=argparse.BooleanOptionalAction, default=None)
     remove = peer.add_parser("remove", help="remove a remote AE")
     remove.add_argument("ae_title", type=_ae_title)
     echo = peer.add_parser("echo", help="C-ECHO a remote AE as this node; exit 1 when it does not answer")
@@ -132,6 +157,17 @@ def _run_peer(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
                     now=node.clock.now(),
                 )
                 out.write(f"added {view.ae_title} {view.host}:{view.port}\n")
+            elif args.peer_command == "update":
+                view = peer_service.update_peer(
+                    session,
+                    ae_title=args.ae_title,
+                    host=args.host,
+                    port=args.port,
+                    push_results=args.push_results,
+                    now=node.clock.now(),
+                )
+                push = " push-results" if view.push_results else ""
+                out.write(f"updated {view.ae_title} {view.host}:{view.port}{push}\n")
             elif args.peer_command == "list":
                 for view in peer_service.list_peers(session):
                     push = " push-results" if view.push_results else ""
@@ -156,6 +192,13 @@ def _run_token(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
     upgrade_database(settings)
     node = build_node(settings)
     try:
+        if args.token_command == "list":
+            _write_tokens(node, out, active=True if args.active else None)
+            return 0
+        if args.token_command == "revoke":
+            view = access_admin.revoke_token(node, args.token_id, actor="cli")
+            out.write(f"revoked {view.kind} token {view.id}\n")
+            return 0
         issued = auth.create_machine_token(node, role=Role(args.role), name=args.name)
     finally:
         node.engine.dispose()
@@ -164,11 +207,54 @@ def _run_token(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
     return 0
 
 
+def _pages(fetch: Callable[[PageRequest], Page[T]]) -> Iterator[T]:
+    """Every item of a paged list, a page at a time."""
+    page = 1
+    while True:
+        answer = fetch(PageRequest(page=page, page_size=MAX_PAGE_SIZE))
+        yield from answer.items
+        if page * MAX_PAGE_SIZE >= answer.total:
+            return
+        page += 1
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def _write_tokens(node: Node, out: TextIO, *, active: bool | None) -> None:
+    out.write("id\tkind\trole\tname\tcreated\texpires\trevoked\tlast_used\n")
+    for view in _pages(lambda request: access_admin.list_tokens(node, request, active=active)):
+        name = view.name or view.user_id or "-"
+        times = "\t".join(
+            _when(t) for t in (view.created_at, view.expires_at, view.revoked_at, view.last_used_at)
+        )
+        out.write(f"{view.id}\t{view.kind}\t{view.role}\t{name}\t{times}\n")
+
+
 def _run_user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
-    password = stdin.readline().rstrip("\n")
+    password = stdin.readline().rstrip("\n") if args.user_command == "add" else ""
     upgrade_database(settings)
     node = build_node(settings)
     try:
+        if args.user_command == "list":
+            out.write("id\tusername\trole\tstate\tlast_login\n")
+            for view in _pages(lambda request: access_admin.list_users(node, request)):
+                state = "disabled" if view.disabled else "locked" if view.locked_until else "active"
+                out.write(f"{view.id}\t{view.username}\t{view.role}\t{state}\t{_when(view.last_login_at)}\n")
+            return 0
+        if args.user_command == "update":
+            view = access_admin.update_user(
+                node,
+                access_admin.user_id_of(node, args.username),
+                role=Role(args.role) if args.role else None,
+                disabled=args.disabled,
+                unlock=args.unlock,
+                actor="cli",
+            )
+            state = "disabled" if view.disabled else "enabled"
+            out.write(f"updated user {view.id}: {view.role}, {state}\n")
+            return 0
         user_id = auth.add_user(node, username=args.username, password=password, role=Role(args.role))
     finally:
         node.engine.dispose()

@@ -20,6 +20,7 @@ class TokenOwner:
     role: str
     user_id: str | None
     name: str
+    last_used_at: datetime | None
 
 
 def add_user(session: Session, *, username: str, password_hash: str, role: str, now: datetime) -> str:
@@ -78,7 +79,14 @@ def token_owner(session: Session, *, token_sha256: str, now: datetime) -> TokenO
     if user is not None and user.disabled:
         return None
     name = user.username if user is not None else (token.name or token.id)
-    return TokenOwner(token_id=token.id, kind=token.kind, role=token.role, user_id=token.user_id, name=name)
+    return TokenOwner(
+        token_id=token.id,
+        kind=token.kind,
+        role=token.role,
+        user_id=token.user_id,
+        name=name,
+        last_used_at=token.last_used_at,
+    )
 
 
 def revoke_token(session: Session, token_id: str, *, now: datetime) -> bool:
@@ -86,3 +94,25 @@ def revoke_token(session: Session, token_id: str, *, now: datetime) -> bool:
         update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(revoked_at=now)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_user_sessions(session: Session, user_id: str, *, now: datetime) -> int:
+    """Revoke every live session token of a user (its role or access changed); machine tokens are apart."""
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_used(session: Session, token_id: str, *, now: datetime, not_since: datetime) -> None:
+    """Record that a token was used, at most once per interval, so most requests write nothing."""
+    session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            (ApiToken.last_used_at.is_(None)) | (ApiToken.last_used_at < not_since),
+        )
+        .values(last_used_at=now)
+    )

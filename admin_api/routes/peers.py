@@ -1,6 +1,8 @@
-"""Remote AEs: list and read for everyone, add and remove for admins, C-ECHO for operators."""
+"""Remote AEs: list and read for everyone, add, change and remove for admins, C-ECHO for operators."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,16 +19,26 @@ from dicom_node.services.views import Page
 router = APIRouter(prefix="/api/v1/peers", tags=["peers"])
 
 
+Host = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\-]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
 class PeerIn(BaseModel):
     ae_title: str
-    host: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\-]+$")
-    port: int = Field(ge=1, le=65535)
+    host: Host
+    port: Port
     push_results: bool = False
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return parse_ae_title(value)
+
+
+class PeerChange(BaseModel):
+    host: Host | None = None
+    port: Port | None = None
+    push_results: bool | None = None
 
 
 @router.get("", response_model=Page[PeerView])
@@ -62,6 +74,23 @@ def get_peer(request: Request, ae_title: str) -> PeerView:
     context: ApiContext = request.app.state.context
     with context.node.sessions() as session:
         return peers.get_peer(session, ae_title=ae_title)
+
+
+@router.patch("/{ae_title}", response_model=PeerView)
+def update_peer(request: Request, ae_title: str, body: PeerChange) -> PeerView:
+    context: ApiContext = request.app.state.context
+    principal = principal_of(request)
+    with context.node.sessions.begin() as session:
+        return peers.update_peer(
+            session,
+            ae_title=ae_title,
+            host=body.host,
+            port=body.port,
+            push_results=body.push_results,
+            now=context.node.clock.now(),
+            actor=principal.actor,
+            client_address=client_address(request),
+        )
 
 
 @router.delete("/{ae_title}", status_code=204)

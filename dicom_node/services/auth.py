@@ -34,6 +34,8 @@ TOKEN_PREFIX: Final = "dn_"
 _USERNAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _ROLE_ORDER: Final = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 MIN_PASSWORD_LENGTH: Final = 12
+# A token's last use is recorded at most this often, so most authenticated requests write nothing.
+LAST_USED_RESOLUTION: Final = timedelta(minutes=5)
 
 
 class AuthenticationFailed(DicomNodeError):
@@ -118,7 +120,15 @@ def _new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def add_user(node: Node, *, username: str, password: str, role: Role) -> str:
+def add_user(
+    node: Node,
+    *,
+    username: str,
+    password: str,
+    role: Role,
+    actor: str = "cli",
+    client_address: str | None = None,
+) -> str:
     if _USERNAME.fullmatch(username) is None or len(password) < MIN_PASSWORD_LENGTH:
         raise UserInvalid()
     now = node.clock.now()
@@ -130,10 +140,11 @@ def add_user(node: Node, *, username: str, password: str, role: Role) -> str:
         )
         audit.append(
             session,
-            actor="cli",
+            actor=actor,
             action="user_create",
             outcome="success",
             object_ref=user_id,
+            client_address=client_address,
             now=now,
             detail={"role": role.value},
         )
@@ -248,12 +259,15 @@ def authenticate(node: Node, token: str) -> Principal:
     """The caller behind a bearer token, or AuthenticationFailed."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         raise AuthenticationFailed()
+    now = node.clock.now()
     with node.sessions() as session:
-        owner: TokenOwner | None = accounts.token_owner(
-            session, token_sha256=token_digest(token), now=node.clock.now()
-        )
+        owner: TokenOwner | None = accounts.token_owner(session, token_sha256=token_digest(token), now=now)
     if owner is None:
         raise AuthenticationFailed()
+    not_since = now - LAST_USED_RESOLUTION
+    if owner.last_used_at is None or owner.last_used_at < not_since:
+        with node.sessions.begin() as session:
+            accounts.mark_used(session, owner.token_id, now=now, not_since=not_since)
     return Principal(
         token_id=owner.token_id, kind=owner.kind, role=owner.role, name=owner.name, user_id=owner.user_id
     )

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Select, func, or_, select
 
-from dicom_node.core.errors import DicomNodeError
-from dicom_node.services.views import NotFound, Page, PageRequest
+from dicom_node.services.views import FilterInvalid, NotFound, Page, PageRequest
 from storage import audit
 from storage.listing import comma_list_has, fetch_page
 from storage.models import DeidInstance, Job, JobKind, JobStatus, Series, Study, StudyStatus
@@ -30,12 +29,6 @@ _DEID_STATES: Final = {
     JobStatus.DEAD: "deid_failed",
     JobStatus.CANCELLED: "deid_cancelled",
 }
-
-
-class FilterInvalid(DicomNodeError):
-    """A filter value is not valid (status receiving|complete, modality A-Z0-9, dates in order)."""
-
-    code = "request.filter_invalid"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from dicom_node.services.catalog import FilterInvalid
-from dicom_node.services.views import Conflict, NotFound, Page, PageRequest
+from dicom_node.services.views import Conflict, FilterInvalid, NotFound, Page, PageRequest
 from storage import audit, jobs
 from storage.listing import fetch_page
 from storage.models import Job, JobStatus

@@ -74,6 +74,39 @@ def list_peers(session: Session) -> Sequence[PeerView]:
     return [_view(peer) for peer in peer_repo.list_peers(session)]
 
 
+def update_peer(
+    session: Session,
+    *,
+    ae_title: str,
+    host: str | None = None,
+    port: int | None = None,
+    push_results: bool | None = None,
+    now: datetime,
+    actor: str = "cli",
+    client_address: str | None = None,
+) -> PeerView:
+    """Move a peer to a new address or change whether results are pushed to it; its title stays."""
+    peer = peer_repo.get_peer(session, ae_title=ae_title)
+    if peer is None:
+        raise PeerNotFound()
+    changed = []
+    for field, value in (("host", host), ("port", port), ("push_results", push_results)):
+        if value is not None and getattr(peer, field) != value:
+            setattr(peer, field, value)
+            changed.append(field)
+    audit.append(
+        session,
+        actor=actor,
+        action="peer_update",
+        outcome="success",
+        object_ref=peer.id,
+        client_address=client_address,
+        now=now,
+        detail={"ae_title": ae_title, "changed": changed},
+    )
+    return _view(peer)
+
+
 def remove_peer(
     session: Session, *, ae_title: str, now: datetime, actor: str = "cli", client_address: str | None = None
 ) -> None:

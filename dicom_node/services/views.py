@@ -18,6 +18,12 @@ class PageInvalid(DicomNodeError):
     code = "request.page_invalid"
 
 
+class FilterInvalid(DicomNodeError):
+    """A filter value is not valid: the route's accepted values are in the API documentation (/docs)."""
+
+    code = "request.filter_invalid"
+
+
 class NotFound(DicomNodeError):
     """No such object."""
 

@@ -19,7 +19,13 @@ from tests.api.conftest import ROLES, Api, assert_error
 FASTAPI_DOCS = {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 _ORDER = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 PASSWORD = "correct horse battery"
-DUMMY = {"study_id": "std_missing", "job_id": "job_missing", "rejection_id": "rej_missing"}
+DUMMY = {
+    "study_id": "std_missing",
+    "job_id": "job_missing",
+    "rejection_id": "rej_missing",
+    "token_id": "tok_missing",
+    "user_id": "usr_missing",
+}
 
 
 def _path(template: str) -> str:

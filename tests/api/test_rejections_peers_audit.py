@@ -55,6 +55,16 @@ def test_peers_are_added_read_and_removed_with_conflicts_and_unknowns_refused(ap
     assert_error(api.post(PEERS, Role.ADMIN, json={**peer, "ae_title": "X" * 17}), 422, "request.invalid")
     assert_error(api.post(PEERS, Role.ADMIN, json={**peer, "port": 0}), 422, "request.invalid")
 
+    moved = api.request(
+        "PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={"host": "10.0.0.9", "push_results": False}
+    )
+    assert moved.status_code == 200 and moved.json() == {**peer, "host": "10.0.0.9", "push_results": False}
+    assert api.get(f"{PEERS}/PACS1", Role.VIEWER).json()["host"] == "10.0.0.9"
+    assert_error(api.request("PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={"port": 0}), 422, "request.invalid")
+    assert_error(
+        api.request("PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={"host": "a b"}), 422, "request.invalid"
+    )
+    assert_error(api.request("PATCH", f"{PEERS}/NOPE", Role.ADMIN, json={"port": 104}), 404, "peer.not_found")
     assert api.request("DELETE", f"{PEERS}/PACS1", Role.ADMIN).status_code == 204
     assert_error(api.request("DELETE", f"{PEERS}/PACS1", Role.ADMIN), 404, "peer.not_found")
     assert api.get(PEERS, Role.VIEWER).json()["items"] == []
@@ -62,7 +72,7 @@ def test_peers_are_added_read_and_removed_with_conflicts_and_unknowns_refused(ap
         actions = session.scalars(
             select(AuditEvent.action).where(AuditEvent.action.like("peer_%")).order_by(AuditEvent.id)
         ).all()
-    assert actions == ["peer_add", "peer_remove"]
+    assert actions == ["peer_add", "peer_update", "peer_remove"]
 
 
 @pytest.fixture

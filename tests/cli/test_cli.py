@@ -44,6 +44,23 @@ def test_peer_add_list_remove_round_trip(node_env: str) -> None:
     assert run("peer", "list") == (0, "VIEWER\tviewer.local\t11112\n")
 
 
+def test_peer_update_moves_a_peer_and_toggles_push_and_refuses_an_unknown_one(
+    node_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("peer", "add", "PACS", "10.0.0.5", "104")[0] == 0
+    assert run("peer", "update", "PACS", "--host", "10.0.0.9", "--push-results") == (
+        0,
+        "updated PACS 10.0.0.9:104 push-results\n",
+    )
+    assert run("peer", "update", "PACS", "--port", "11112", "--no-push-results") == (
+        0,
+        "updated PACS 10.0.0.9:11112\n",
+    )
+    assert run("peer", "list") == (0, "PACS\t10.0.0.9\t11112\n")
+    assert run("peer", "update", "NOPE", "--port", "104")[0] == 2
+    assert "[peer.not_found]" in capsys.readouterr().err
+
+
 def test_adding_a_peer_twice_or_removing_an_unknown_one_fails_with_a_code(
     node_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -144,6 +161,64 @@ def test_user_add_reads_the_password_from_stdin_and_refuses_a_short_one(
         == 2
     )
     assert "[auth.user_exists]" in capsys.readouterr().err
+
+
+def test_token_list_shows_tokens_without_values_and_revoke_stops_one(
+    node_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = run("token", "create", "--role", "admin", "--name", "ops-laptop")[1].splitlines()
+    second = run("token", "create", "--role", "viewer", "--name", "ris-01")[1].splitlines()
+    token_id = second[0].split()[3]
+    assert token_id.startswith("tok_")
+    code, out = run("token", "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split("\t") == ["id", "kind", "role", "name", "created", "expires", "revoked", "last_used"]
+    assert sorted(row.split("\t")[3] for row in rows) == ["ops-laptop", "ris-01"]
+    assert first[-1] not in out and second[-1] not in out
+    assert run("token", "revoke", token_id) == (0, f"revoked machine token {token_id}\n")
+    assert [row.split("\t")[3] for row in run("token", "list", "--active")[1].splitlines()[1:]] == [
+        "ops-laptop"
+    ]
+    assert run("token", "revoke", token_id)[0] == 2
+    assert "[request.conflict]" in capsys.readouterr().err
+    admin_id = first[0].split()[3]
+    assert run("token", "revoke", admin_id)[0] == 2  # the only way in as admin
+    assert "[auth.last_admin]" in capsys.readouterr().err
+
+
+def test_user_list_and_update_change_role_state_and_lockout(
+    node_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, role in (("alice", "admin"), ("bob", "viewer")):
+        assert (
+            main(
+                ["user", "add", name, "--role", role],
+                out=io.StringIO(),
+                stdin=io.StringIO("long enough password\n"),
+            )
+            == 0
+        )
+    code, out = run("user", "list")
+    assert code == 0
+    rows = [row.split("\t") for row in out.splitlines()[1:]]
+    assert [(row[1], row[2], row[3]) for row in rows] == [
+        ("alice", "admin", "active"),
+        ("bob", "viewer", "active"),
+    ]
+    bob_id = rows[1][0]
+    assert run("user", "update", "bob", "--role", "operator", "--disable") == (
+        0,
+        f"updated user {bob_id}: operator, disabled\n",
+    )
+    assert [row.split("\t")[3] for row in run("user", "list")[1].splitlines()[1:]] == ["active", "disabled"]
+    assert run("user", "update", "bob", "--enable", "--unlock")[1].endswith("operator, enabled\n")
+    assert run("user", "update", "alice", "--disable")[0] == 2
+    assert "[auth.last_admin]" in capsys.readouterr().err
+    assert run("user", "update", "nobody", "--unlock")[0] == 2
+    assert "[request.not_found]" in capsys.readouterr().err
+    assert run("user", "update", "bob")[0] == 2
+    assert "[request.invalid]" in capsys.readouterr().err
 
 
 _RFC5424 = re.compile(

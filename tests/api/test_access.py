@@ -1,0 +1,200 @@
+"""Tokens and users for admins: list, revoke, add, change role, disable, unlock, and the last-admin guard."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from dicom_node.services.auth import LAST_USED_RESOLUTION, add_user
+from storage.models import ApiToken, AuditEvent, Role
+from tests.api.conftest import Api, assert_error
+
+PASSWORD = "a long enough password"
+TOKENS = "/api/v1/tokens"
+USERS = "/api/v1/users"
+
+
+def _login(api: Api, username: str, password: str = PASSWORD) -> str:
+    answer = api.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["token"]
+    return token
+
+
+def _audit(api: Api, action: str) -> list[tuple[str, str | None, str | None]]:
+    with api.node.sessions() as session:
+        rows = session.execute(
+            select(AuditEvent.actor, AuditEvent.object_ref, AuditEvent.detail)
+            .where(AuditEvent.action == action)
+            .order_by(AuditEvent.id)
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+def _token_id(api: Api, role: Role) -> str:
+    me = api.get(f"{TOKENS}?kind=machine", Role.ADMIN).json()["items"]
+    return next(item["id"] for item in me if item["name"] == f"test-{role.value}")
+
+
+def test_tokens_are_listed_with_their_state_and_never_their_value_or_hash(api: Api) -> None:
+    add_user(api.node, username="nina", password=PASSWORD, role=Role.VIEWER)
+    session_token = _login(api, "nina")
+    listed = api.get(TOKENS, Role.ADMIN)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert body["total"] == 4  # three machine tokens of the fixture and nina's session
+    kinds = sorted(item["kind"] for item in body["items"])
+    assert kinds == ["machine", "machine", "machine", "session"]
+    assert session_token not in listed.text
+    with api.node.sessions() as session:
+        digests = session.scalars(select(ApiToken.token_sha256)).all()
+    assert not any(digest in listed.text for digest in digests)
+    assert all(item["active"] for item in body["items"])
+    sessions = api.get(f"{TOKENS}?kind=session", Role.ADMIN).json()["items"]
+    assert [item["kind"] for item in sessions] == ["session"] and sessions[0]["user_id"].startswith("usr_")
+    assert_error(api.get(f"{TOKENS}?kind=forever", Role.ADMIN), 422, "request.filter_invalid")
+
+
+def test_a_revoked_token_stops_working_at_once_and_the_revocation_is_audited(api: Api) -> None:
+    viewer = _token_id(api, Role.VIEWER)
+    assert api.get("/api/v1/studies", Role.VIEWER).status_code == 200
+    revoked = api.post(f"{TOKENS}/{viewer}/revoke", Role.ADMIN)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["active"] is False and revoked.json()["revoked_at"]
+    assert_error(api.get("/api/v1/studies", Role.VIEWER), 401, "auth.failed")
+    assert_error(api.post(f"{TOKENS}/{viewer}/revoke", Role.ADMIN), 409, "request.conflict")
+    assert_error(api.post(f"{TOKENS}/tok_nosuch/revoke", Role.ADMIN), 404, "request.not_found")
+    assert api.get(f"{TOKENS}?active=false", Role.ADMIN).json()["total"] == 1
+    assert api.get(f"{TOKENS}?active=true", Role.ADMIN).json()["total"] == 2
+    events = _audit(api, "token_revoke")
+    assert len(events) == 1 and events[0][1] == viewer
+    assert events[0][0] == _token_id(api, Role.ADMIN)  # the actor is the admin's token id
+
+
+def test_the_last_way_in_as_admin_cannot_be_revoked(api: Api) -> None:
+    admin = _token_id(api, Role.ADMIN)
+    assert_error(api.post(f"{TOKENS}/{admin}/revoke", Role.ADMIN), 409, "auth.last_admin")
+    assert api.get(TOKENS, Role.ADMIN).status_code == 200  # still works
+    add_user(api.node, username="ada", password=PASSWORD, role=Role.ADMIN)
+    assert api.post(f"{TOKENS}/{admin}/revoke", Role.ADMIN).status_code == 200
+    assert_error(api.get(TOKENS, Role.ADMIN), 401, "auth.failed")
+    ada = _login(api, "ada")
+    ada_id = api.get(USERS, token=ada).json()["items"][0]["id"]
+    refused = api.request("PATCH", f"{USERS}/{ada_id}", token=ada, json={"disabled": True})
+    assert_error(refused, 409, "auth.last_admin")
+    assert api.get(USERS, token=ada).json()["items"][0]["disabled"] is False
+
+
+def test_a_token_records_its_last_use_at_most_once_per_interval(api: Api) -> None:
+    operator = _token_id(api, Role.OPERATOR)
+
+    def last_used() -> object:
+        with api.node.sessions() as session:
+            return session.scalar(select(ApiToken.last_used_at).where(ApiToken.id == operator))
+
+    assert last_used() is None
+    assert api.get("/api/v1/jobs", Role.OPERATOR).status_code == 200
+    first = last_used()
+    assert first is not None
+    api.clock.advance(LAST_USED_RESOLUTION.total_seconds() / 2)
+    api.get("/api/v1/jobs", Role.OPERATOR)
+    assert last_used() == first
+    api.clock.advance(LAST_USED_RESOLUTION.total_seconds())
+    api.get("/api/v1/jobs", Role.OPERATOR)
+    later = last_used()
+    assert isinstance(later, type(first)) and later - first >= LAST_USED_RESOLUTION  # type: ignore[operator]
+
+
+def test_an_admin_adds_a_user_who_can_then_log_in(api: Api) -> None:
+    created = api.post(USERS, Role.ADMIN, json={"username": "omar", "password": PASSWORD, "role": "operator"})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["username"] == "omar" and body["role"] == "operator" and body["disabled"] is False
+    assert "password" not in created.text and PASSWORD not in created.text
+    assert api.get("/api/v1/auth/me", token=_login(api, "omar")).json()["role"] == "operator"
+    again = api.post(USERS, Role.ADMIN, json={"username": "omar", "password": PASSWORD, "role": "viewer"})
+    assert_error(again, 409, "auth.user_exists")
+    short = api.post(USERS, Role.ADMIN, json={"username": "pia", "password": "short", "role": "viewer"})
+    assert_error(short, 422, "request.invalid")
+    assert PASSWORD not in str(_audit(api, "user_create"))
+    assert [event[0] for event in _audit(api, "user_create")] == [_token_id(api, Role.ADMIN)]
+
+
+def test_users_are_listed_and_read_by_id_with_filters(api: Api) -> None:
+    for name, role in (("bea", Role.VIEWER), ("carl", Role.OPERATOR), ("dora", Role.ADMIN)):
+        add_user(api.node, username=name, password=PASSWORD, role=role)
+    listed = api.get(USERS, Role.ADMIN).json()
+    assert [item["username"] for item in listed["items"]] == ["bea", "carl", "dora"]
+    assert all("password" not in key for item in listed["items"] for key in item)
+    assert [i["username"] for i in api.get(f"{USERS}?role=operator", Role.ADMIN).json()["items"]] == ["carl"]
+    assert_error(api.get(f"{USERS}?role=root", Role.ADMIN), 422, "request.filter_invalid")
+    bea = listed["items"][0]
+    assert api.get(f"{USERS}/{bea['id']}", Role.ADMIN).json() == bea
+    assert_error(api.get(f"{USERS}/usr_nosuch", Role.ADMIN), 404, "request.not_found")
+
+
+def test_a_role_change_ends_the_users_sessions_so_the_old_rights_do_not_linger(api: Api) -> None:
+    user_id = add_user(api.node, username="eve", password=PASSWORD, role=Role.OPERATOR)
+    first, second = _login(api, "eve"), _login(api, "eve")
+    changed = api.request("PATCH", f"{USERS}/{user_id}", Role.ADMIN, json={"role": "viewer"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["role"] == "viewer"
+    for token in (first, second):
+        assert_error(api.get("/api/v1/auth/me", token=token), 401, "auth.failed")
+    assert api.get("/api/v1/auth/me", token=_login(api, "eve")).json()["role"] == "viewer"
+    (event,) = _audit(api, "user_update")
+    assert event[1] == user_id and event[2] is not None
+    assert json.loads(event[2]) == {"role": "viewer", "sessions_revoked": 2}
+
+
+def test_a_disabled_user_cannot_log_in_until_enabled_again(api: Api) -> None:
+    user_id = add_user(api.node, username="finn", password=PASSWORD, role=Role.VIEWER)
+    token = _login(api, "finn")
+    path = f"{USERS}/{user_id}"
+    assert api.request("PATCH", path, Role.ADMIN, json={"disabled": True}).json()["disabled"] is True
+    assert_error(api.get("/api/v1/auth/me", token=token), 401, "auth.failed")
+    refused = api.post("/api/v1/auth/login", json={"username": "finn", "password": PASSWORD})
+    assert_error(refused, 401, "auth.failed")
+    assert api.request("PATCH", path, Role.ADMIN, json={"disabled": False}).json()["disabled"] is False
+    assert_error(api.get("/api/v1/auth/me", token=token), 401, "auth.failed")  # old sessions stay revoked
+    _login(api, "finn")
+
+
+def test_an_admin_unlocks_a_locked_account_before_the_lockout_ends(api: Api) -> None:
+    user_id = add_user(api.node, username="gus", password=PASSWORD, role=Role.VIEWER)
+    for _ in range(api.settings.api_lockout_attempts):
+        api.post("/api/v1/auth/login", json={"username": "gus", "password": "wrong password"})
+    assert_error(
+        api.post("/api/v1/auth/login", json={"username": "gus", "password": PASSWORD}), 423, "auth.locked"
+    )
+    path = f"{USERS}/{user_id}"
+    assert api.get(path, Role.ADMIN).json()["locked_until"] is not None
+    unlocked = api.request("PATCH", path, Role.ADMIN, json={"unlock": True}).json()
+    assert unlocked["locked_until"] is None and unlocked["failed_logins"] == 0
+    _login(api, "gus")
+    (event,) = _audit(api, "user_update")
+    assert event[2] is not None and json.loads(event[2]) == {"unlocked": True}
+
+
+def test_a_change_that_changes_nothing_is_refused_and_bad_values_are_invalid(api: Api) -> None:
+    user_id = add_user(api.node, username="hal", password=PASSWORD, role=Role.VIEWER)
+    path = f"{USERS}/{user_id}"
+    assert_error(api.request("PATCH", path, Role.ADMIN, json={}), 422, "request.invalid")
+    assert_error(api.request("PATCH", path, Role.ADMIN, json={"role": "root"}), 422, "request.invalid")
+    assert_error(
+        api.request("PATCH", f"{USERS}/usr_nosuch", Role.ADMIN, json={"unlock": True}),
+        404,
+        "request.not_found",
+    )
+    assert _audit(api, "user_update") == []
+
+
+def test_a_lockout_shown_to_admins_ends_when_its_time_has_passed(api: Api) -> None:
+    user_id = add_user(api.node, username="ivy", password=PASSWORD, role=Role.VIEWER)
+    for _ in range(api.settings.api_lockout_attempts):
+        api.post("/api/v1/auth/login", json={"username": "ivy", "password": "wrong password"})
+    assert api.get(f"{USERS}/{user_id}", Role.ADMIN).json()["locked_until"] is not None
+    api.clock.advance(api.settings.api_lockout_seconds + timedelta(seconds=1).total_seconds())
+    assert api.get(f"{USERS}/{user_id}", Role.ADMIN).json()["locked_until"] is None
