@@ -31,6 +31,7 @@ class ClaimedJob:
     study_id: str | None
     generation: int | None
     attempts: int
+    max_attempts: int
     owner: str
 
 
@@ -112,7 +113,7 @@ def claim(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(Job.id, Job.kind, Job.study_id, Job.generation, Job.attempts)
+        .returning(Job.id, Job.kind, Job.study_id, Job.generation, Job.attempts, Job.max_attempts)
     ).first()
     if row is None:
         return None
@@ -122,6 +123,7 @@ def claim(
         study_id=row.study_id,
         generation=row.generation,
         attempts=row.attempts,
+        max_attempts=row.max_attempts,
         owner=owner,
     )
 
@@ -156,10 +158,7 @@ def fail(session: Session, job: ClaimedJob, *, code: str, now: datetime) -> str 
 
     Returns the new status, or None when the lease was lost.
     """
-    max_attempts = session.scalar(select(Job.max_attempts).where(Job.id == job.id))
-    if max_attempts is None:
-        return None
-    status = JobStatus.DEAD if job.attempts >= max_attempts else JobStatus.QUEUED
+    status = JobStatus.DEAD if job.attempts >= job.max_attempts else JobStatus.QUEUED
     result = session.execute(
         update(Job)
         .where(*_held(job))

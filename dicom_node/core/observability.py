@@ -47,7 +47,6 @@ ALLOWED_EXTRAS = frozenset(
         "count",
         "pid",
         "reason",
-        "job_ref",
         "job_kind",
         "deidentified",
         "withheld",

@@ -306,7 +306,6 @@ def _observe(summary: StudyDeidSummary, job: ClaimedJob) -> None:
         extra={
             "event": "study_deidentified",
             "study_ref": summary.study_id,
-            "job_ref": job.id,
             "deidentified": summary.deidentified,
             "withheld": summary.withheld,
             "unchanged": summary.unchanged,

@@ -78,7 +78,7 @@ def run_one(node: Node, handlers: Mapping[str, Handler], *, owner: str, config: 
 
 
 def _run(node: Node, handler: Handler, job: ClaimedJob) -> None:
-    extra = {"job_ref": job.id, "job_kind": job.kind, "attempt": job.attempts}
+    extra = {"job_kind": job.kind, "attempt": job.attempts}  # the job id is in every line's context
     started = time.perf_counter()
     try:
         handler(node, job)

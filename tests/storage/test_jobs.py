@@ -6,7 +6,7 @@ import threading
 from datetime import datetime, timedelta
 
 from pydicom.uid import generate_uid
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
@@ -83,7 +83,7 @@ def test_an_enqueued_job_is_claimed_with_one_attempt_and_a_lease(
     sessions: sessionmaker[Session], t0: datetime
 ) -> None:
     study_id = insert_study(sessions, t0)
-    job_id = enqueue(sessions, t0, study_id=study_id, generation=3)
+    job_id = enqueue(sessions, t0, study_id=study_id, generation=3, max_attempts=4)
     queued = job_row(sessions, job_id)
     assert job_id.startswith("job_")
     assert (queued.status, queued.attempts, queued.run_at, queued.lease_owner) == (
@@ -96,7 +96,7 @@ def test_an_enqueued_job_is_claimed_with_one_attempt_and_a_lease(
     later = t0 + timedelta(seconds=1)
     job = claim(sessions, later)
     assert job == ClaimedJob(
-        id=job_id, kind=KIND, study_id=study_id, generation=3, attempts=1, owner="worker-a"
+        id=job_id, kind=KIND, study_id=study_id, generation=3, attempts=1, max_attempts=4, owner="worker-a"
     )
     row = job_row(sessions, job_id)
     assert row.status == JobStatus.RUNNING
@@ -395,7 +395,7 @@ def test_count_by_status_counts_each_status_and_filters_by_kind(
         assert jobs.count_by_status(session) == {}
     for _ in range(3):
         enqueue(sessions, t0)
-    enqueue(sessions, t0, kind="infer")
+    enqueue(sessions, t0, kind="infer", max_attempts=1)
     enqueue(sessions, t0 + timedelta(hours=1), kind="infer")
     running = claim(sessions, t0)
     done = claim(sessions, t0)
@@ -403,7 +403,6 @@ def test_count_by_status_counts_each_status_and_filters_by_kind(
     assert running and done and dead
     with sessions.begin() as session:
         assert jobs.succeed(session, done, now=t0)
-        session.execute(update(Job).where(Job.id == dead.id).values(max_attempts=1))
         assert jobs.fail(session, dead, code="infer.failed", now=t0) == JobStatus.DEAD
 
     with sessions() as session:
