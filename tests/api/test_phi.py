@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
+from admin_api.security import ROUTE_ROLES
 from dicom_node.core.observability import configure_logging
 from storage.models import AuditEvent, Role
 from tests.api.conftest import (
@@ -71,23 +73,33 @@ def _plant(api: Api) -> tuple[Canaries, list[str]]:
     return canaries, sorted(set(study_refs))
 
 
+# Path parameters of GET routes, filled with every id their list route answers: (list path, item key).
+_ITEMS = {
+    "study_id": ("/api/v1/studies", "id"),
+    "job_id": ("/api/v1/jobs", "id"),
+    "rejection_id": ("/api/v1/rejections", "id"),
+    "ae_title": ("/api/v1/peers", "ae_title"),
+    "user_id": ("/api/v1/users", "id"),
+}
+# Explicitly PHI-reading routes (admins only, audited): the quarantined file as it arrived.
+_PHI_READING = {"/api/v1/rejections/{rejection_id}/bytes"}
+
+
 def _get_paths(api: Api) -> list[str]:
-    admin = Role.ADMIN
-    paths = [
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api/v1/auth/me",
-        "/api/v1/studies",
-        "/api/v1/jobs",
-        "/api/v1/rejections",
-        "/api/v1/audit",
-        "/api/v1/audit/verify",
-        "/api/v1/peers",
-    ]
-    for kind in ("studies", "jobs", "rejections"):
-        for item in api.get(f"/api/v1/{kind}?page_size=100", admin).json()["items"]:
-            paths.append(f"/api/v1/{kind}/{item['id']}")
+    """Every GET route of the access table, each parameterised route once per existing object."""
+    paths = []
+    for method, template in ROUTE_ROLES:
+        if method != "GET" or template in _PHI_READING:
+            continue
+        params = re.findall(r"\{(\w+)\}", template)
+        if not params:
+            paths.append(template)
+            continue
+        (param,) = params
+        listing, key = _ITEMS[param]
+        items = api.get(f"{listing}?page_size=100", Role.ADMIN).json()["items"]
+        assert items, f"nothing to fill {template} with: the scan would skip it"
+        paths += [template.replace(f"{{{param}}}", str(item[key])) for item in items]
     return paths
 
 
@@ -99,6 +111,11 @@ def test_no_get_answer_log_line_or_metric_carries_phi_for_any_role(api: Api, log
     canaries, _ = _plant(api)
     needles = canaries.needles()
     api.post("/api/v1/peers", Role.ADMIN, json={"ae_title": "PACS", "host": "127.0.0.1", "port": 104})
+    api.post(
+        "/api/v1/users",
+        Role.ADMIN,
+        json={"username": "reader", "password": "long enough password", "role": "viewer"},
+    )
     paths = _get_paths(api)
     assert sum("/api/v1/studies/" in path for path in paths) == 2
     hits: list[str] = []
