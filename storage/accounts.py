@@ -5,10 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from storage.models import ApiToken, User, new_id
+
+
+# An arbitrary constant naming "changes of who may get in" among PostgreSQL advisory locks.
+_ACCESS_LOCK_KEY = 0x61636365
+
+
+def lock_access_changes(session: Session) -> None:
+    """Serialise access changes for the rest of the transaction, so two concurrent changes cannot
+    each see the other's admin still there and together remove the last one (SQLite: the writer lock)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ACCESS_LOCK_KEY})
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,7 @@ def revoke_token(node: Node, token_id: str, *, actor: str, client_address: str |
     """Revoke any token, a machine's or a user's session; a revoked token answers 401 from then on."""
     now = node.clock.now()
     with node.sessions.begin() as session:
+        accounts.lock_access_changes(session)
         token = session.get(ApiToken, token_id)
         if token is None:
             raise NotFound()
@@ -213,7 +214,8 @@ def update_user(
     now = node.clock.now()
     detail: dict[str, Any] = {}
     with node.sessions.begin() as session:
-        user = session.get(User, user_id, with_for_update=True)
+        accounts.lock_access_changes(session)
+        user = session.get(User, user_id)
         if user is None:
             raise NotFound()
         admins = _admins(session, now)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 
 from sqlalchemy import select
 
-from dicom_node.services.auth import LAST_USED_RESOLUTION, add_user
+from dicom_node.services import access_admin
+from dicom_node.services.access_admin import LastAdmin
+from dicom_node.services.auth import LAST_USED_RESOLUTION, add_user, create_machine_token
 from storage.models import ApiToken, AuditEvent, Role
 from tests.api.conftest import Api, assert_error
 
@@ -198,3 +201,40 @@ def test_a_lockout_shown_to_admins_ends_when_its_time_has_passed(api: Api) -> No
     assert api.get(f"{USERS}/{user_id}", Role.ADMIN).json()["locked_until"] is not None
     api.clock.advance(api.settings.api_lockout_seconds + timedelta(seconds=1).total_seconds())
     assert api.get(f"{USERS}/{user_id}", Role.ADMIN).json()["locked_until"] is None
+
+
+def _live_admin_tokens(api: Api) -> list[str]:
+    with api.node.sessions() as session:
+        return list(
+            session.scalars(
+                select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None))
+            ).all()
+        )
+
+
+def _revoke(api: Api, token_id: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
+    barrier.wait()
+    try:
+        access_admin.revoke_token(api.node, token_id, actor="test")
+        outcomes.append("revoked")
+    except LastAdmin:
+        outcomes.append("refused")
+
+
+def test_two_concurrent_revocations_cannot_together_remove_the_last_admin(api: Api) -> None:
+    """Each would see the other's token still live; the access lock makes the second see the first."""
+    for round_ in range(5):
+        (live,) = _live_admin_tokens(api)
+        extra = create_machine_token(api.node, role=Role.ADMIN, name=f"extra-{round_}").token_id
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+        threads = [
+            threading.Thread(target=_revoke, args=(api, target, barrier, outcomes))
+            for target in (live, extra)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["refused", "revoked"], round_
+        assert len(_live_admin_tokens(api)) == 1
