@@ -38,6 +38,7 @@ STATUS_BY_CODE: Final = {
     "request.conflict": 409,
     "peer.not_found": 404,
     "peer.already_exists": 409,
+    "peer.invalid": 422,
     "storage.database_unavailable": 503,
 }
 _HTTP_CODES: Final = {404: "request.not_found", 405: "request.method_not_allowed"}

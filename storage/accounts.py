@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
-from storage.models import ApiToken, User, new_id
-
+from storage.db import is_postgresql
+from storage.models import ApiToken, Role, TokenKind, User, new_id
 
 # An arbitrary constant naming "changes of who may get in" among PostgreSQL advisory locks.
 _ACCESS_LOCK_KEY = 0x61636365
@@ -17,9 +17,31 @@ _ACCESS_LOCK_KEY = 0x61636365
 
 def lock_access_changes(session: Session) -> None:
     """Serialise access changes for the rest of the transaction, so two concurrent changes cannot
-    each see the other's admin still there and together remove the last one (SQLite: the writer lock)."""
-    if session.get_bind().dialect.name == "postgresql":
+    each see the other's admin still there and together remove the last one (SQLite: the writer lock).
+
+    This relies on READ COMMITTED (the engine's default): each later statement sees what the previous
+    holder of the lock committed. Under REPEATABLE READ the snapshot would predate the lock.
+    """
+    if is_postgresql(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ACCESS_LOCK_KEY})
+
+
+def live_token(now: datetime) -> ColumnElement[bool]:
+    """Not revoked and not expired."""
+    return ApiToken.revoked_at.is_(None) & (ApiToken.expires_at.is_(None) | (ApiToken.expires_at > now))
+
+
+def admin_count(session: Session, now: datetime) -> int:
+    """Enabled admin users plus live admin machine tokens: the ways an admin can still get in."""
+    users = session.scalar(
+        select(func.count()).select_from(User).where(User.role == Role.ADMIN.value, User.disabled.is_(False))
+    )
+    machines = session.scalar(
+        select(func.count())
+        .select_from(ApiToken)
+        .where(ApiToken.kind == TokenKind.MACHINE.value, ApiToken.role == Role.ADMIN.value, live_token(now))
+    )
+    return int(users or 0) + int(machines or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from admin_api.context import ApiContext
 from admin_api.params import PageNumber, PageSize
@@ -18,12 +18,18 @@ users = APIRouter(prefix="/api/v1/users", tags=["access"])
 
 
 class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=auth.MIN_PASSWORD_LENGTH, max_length=1024)
     role: Role
 
 
 class UserChange(BaseModel):
+    """No password field: a password is changed by its owner (not yet offered), never set by an admin."""
+
+    model_config = ConfigDict(extra="forbid")
+
     role: Role | None = None
     disabled: bool | None = None
     unlock: bool = Field(default=False, description="lift a lockout and reset the failure counter")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from admin_api.context import ApiContext
 from admin_api.params import PageNumber, PageSize
@@ -19,11 +19,13 @@ from dicom_node.services.views import Page
 router = APIRouter(prefix="/api/v1/peers", tags=["peers"])
 
 
-Host = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\-]+$")]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Host = Annotated[str, Field(min_length=1, max_length=255, pattern=peers.HOST_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=peers.MAX_PORT)]
 
 
 class PeerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ae_title: str
     host: Host
     port: Port
@@ -36,6 +38,8 @@ class PeerIn(BaseModel):
 
 
 class PeerChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: Host | None = None
     port: Port | None = None
     push_results: bool | None = None

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from dicom_node.core.errors import DicomNodeError
-from dicom_node.services.views import Conflict, FilterInvalid, NotFound, Page, PageRequest
+from dicom_node.services.auth import LastAdmin, apply_keeping_an_admin
+from dicom_node.services.views import Conflict, FilterInvalid, NotFound, NothingToChange, Page, PageRequest
 from storage import accounts, audit
 from storage.listing import fetch_page
 from storage.models import ApiToken, Role, TokenKind, User
@@ -25,18 +25,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from dicom_node.services.node import Node
-
-
-class NothingToChange(DicomNodeError):
-    """The request changes nothing: give a role, disabled, or unlock."""
-
-    code = "request.invalid"
-
-
-class LastAdmin(DicomNodeError):
-    """The change would leave no enabled admin user and no live admin machine token."""
-
-    code = "auth.last_admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +83,6 @@ def _user_view(user: User, now: datetime) -> UserView:
     )
 
 
-def _live(now: datetime) -> Any:
-    return (ApiToken.revoked_at.is_(None)) & (ApiToken.expires_at.is_(None) | (ApiToken.expires_at > now))
-
-
 def list_tokens(
     node: Node,
     request: PageRequest,
@@ -114,7 +98,7 @@ def list_tokens(
     if kind is not None:
         statement = statement.where(ApiToken.kind == kind)
     if active is not None:
-        statement = statement.where(_live(now) if active else ~_live(now))
+        statement = statement.where(accounts.live_token(now) if active else ~accounts.live_token(now))
     if user_id is not None:
         statement = statement.where(ApiToken.user_id == user_id)
     with node.sessions() as session:
@@ -138,20 +122,43 @@ def revoke_token(node: Node, token_id: str, *, actor: str, client_address: str |
             raise NotFound()
         if token.revoked_at is not None:
             raise Conflict()
-        admins = _admins(session, now)
-        accounts.revoke_token(session, token_id, now=now)
-        _refuse_losing_the_last_admin(session, now, before=admins)
-        audit.append(
+        done = apply_keeping_an_admin(session, now, lambda: accounts.revoke_token(session, token_id, now=now))
+        _audit_change(
             session,
-            actor=actor,
-            action="token_revoke",
-            outcome="success",
-            object_ref=token_id,
-            client_address=client_address,
-            now=now,
-            detail={"kind": token.kind, "role": token.role},
+            actor,
+            "token_revoke",
+            token_id,
+            done,
+            now,
+            client_address,
+            {"kind": token.kind, "role": token.role},
         )
+    if not done:
+        raise LastAdmin()
     return _token_view_of(node, token_id)
+
+
+def _audit_change(
+    session: Session,
+    actor: str,
+    action: str,
+    object_ref: str,
+    done: bool,
+    now: datetime,
+    client_address: str | None,
+    detail: dict[str, Any],
+) -> None:
+    """A change made, or one refused because it would have left no admin (security wants to see both)."""
+    audit.append(
+        session,
+        actor=actor,
+        action=action,
+        outcome="success" if done else "failure",
+        object_ref=object_ref,
+        client_address=client_address,
+        now=now,
+        detail=detail if done else {**detail, "reason": LastAdmin.code},
+    )
 
 
 def _token_view_of(node: Node, token_id: str) -> TokenView:
@@ -175,7 +182,10 @@ def list_users(
     now = node.clock.now()
     with node.sessions() as session:
         rows, total = fetch_page(
-            session, statement.order_by(User.username), page=request.page, page_size=request.page_size
+            session,
+            statement.order_by(func.lower(User.username), User.id),
+            page=request.page,
+            page_size=request.page_size,
         )
         items = [_user_view(user, now) for user in rows]
     return Page(items=items, total=total, page=request.page, page_size=request.page_size)
@@ -208,57 +218,43 @@ def update_user(
     actor: str,
     client_address: str | None = None,
 ) -> UserView:
-    """Change a user's role or enabled state, or lift a lockout; access changes end the user's sessions."""
+    """Change a user's role or enabled state, or lift a lockout; access changes end the user's sessions.
+
+    Values equal to the current ones change nothing and write no audit event.
+    """
     if role is None and disabled is None and not unlock:
         raise NothingToChange()
     now = node.clock.now()
-    detail: dict[str, Any] = {}
     with node.sessions.begin() as session:
         accounts.lock_access_changes(session)
         user = session.get(User, user_id)
         if user is None:
             raise NotFound()
-        admins = _admins(session, now)
+        detail: dict[str, Any] = {}
         if role is not None and role.value != user.role:
-            user.role = role.value
-            detail["role"] = role.value
+            detail["role"] = [user.role, role.value]
         if disabled is not None and disabled != user.disabled:
-            user.disabled = disabled
             detail["disabled"] = disabled
-        if unlock:
-            detail["unlocked"] = user.locked_until is not None and user.locked_until > now
-            user.locked_until = None
-            user.failed_logins = 0
-        if "role" in detail or detail.get("disabled") is True:
-            detail["sessions_revoked"] = accounts.revoke_user_sessions(session, user_id, now=now)
-        session.flush()
-        _refuse_losing_the_last_admin(session, now, before=admins)
-        audit.append(
-            session,
-            actor=actor,
-            action="user_update",
-            outcome="success",
-            object_ref=user_id,
-            client_address=client_address,
-            now=now,
-            detail=detail,
-        )
-    return get_user(node, user_id)
+        if unlock and (user.failed_logins or (user.locked_until is not None and user.locked_until > now)):
+            detail["unlocked"] = True
+        if not detail:
+            return _user_view(user, now)
 
+        def change() -> None:
+            if "role" in detail:
+                user.role = detail["role"][1]
+            if "disabled" in detail:
+                user.disabled = detail["disabled"]
+            if "unlocked" in detail:
+                user.locked_until = None
+                user.failed_logins = 0
+            if "role" in detail or detail.get("disabled") is True:
+                detail["sessions_revoked"] = accounts.revoke_user_sessions(session, user_id, now=now)
 
-def _admins(session: Session, now: datetime) -> int:
-    """Enabled admin users plus live admin machine tokens: the ways an admin can still get in."""
-    users = session.scalar(
-        select(func.count()).select_from(User).where(User.role == Role.ADMIN.value, User.disabled.is_(False))
-    )
-    machines = session.scalar(
-        select(func.count())
-        .select_from(ApiToken)
-        .where(ApiToken.kind == TokenKind.MACHINE.value, ApiToken.role == Role.ADMIN.value, _live(now))
-    )
-    return int(users or 0) + int(machines or 0)
-
-
-def _refuse_losing_the_last_admin(session: Session, now: datetime, *, before: int) -> None:
-    if before and not _admins(session, now):
+        done = apply_keeping_an_admin(session, now, change)
+        if not done:
+            detail.pop("sessions_revoked", None)  # undone with the rest
+        _audit_change(session, actor, "user_update", user_id, done, now, client_address, detail)
+    if not done:
         raise LastAdmin()
+    return get_user(node, user_id)

@@ -9,8 +9,10 @@ only by the internal id (never the typed name, which could be anything, a patien
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.core import metrics
 from dicom_node.core.errors import DicomNodeError
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from dicom_node.services.node import Node
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX: Final = "dn_"
 _USERNAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -64,6 +69,12 @@ class UserAlreadyExists(DicomNodeError):
     """A user with that name already exists."""
 
     code = "auth.user_exists"
+
+
+class LastAdmin(DicomNodeError):
+    """The change would leave no enabled admin user and no live admin machine token."""
+
+    code = "auth.last_admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,23 +277,50 @@ def authenticate(node: Node, token: str) -> Principal:
         raise AuthenticationFailed()
     not_since = now - LAST_USED_RESOLUTION
     if owner.last_used_at is None or owner.last_used_at < not_since:
-        with node.sessions.begin() as session:
-            accounts.mark_used(session, owner.token_id, now=now, not_since=not_since)
+        try:
+            with node.sessions.begin() as session:
+                accounts.mark_used(session, owner.token_id, now=now, not_since=not_since)
+        except SQLAlchemyError:  # bookkeeping: a busy database must not fail the request itself
+            logger.warning("token last use not recorded", extra={"event": "token_last_use_failed"})
     return Principal(
         token_id=owner.token_id, kind=owner.kind, role=owner.role, name=owner.name, user_id=owner.user_id
     )
 
 
+def apply_keeping_an_admin(session: Session, now: datetime, change: Callable[[], object]) -> bool:
+    """Apply an access change in a savepoint, or undo it (False) when it would leave no admin.
+
+    No change may take away the last way in as admin; `dicom-node token create` on the host stays the
+    way back. A node that never had an admin is not held to it. The caller audits either outcome.
+    """
+    accounts.lock_access_changes(session)
+    before = accounts.admin_count(session, now)
+    savepoint = session.begin_nested()
+    change()
+    session.flush()
+    if before and not accounts.admin_count(session, now):
+        savepoint.rollback()
+        return False
+    savepoint.commit()
+    return True
+
+
 def logout(node: Node, principal: Principal, *, client_address: str | None = None) -> None:
+    """Revoke the token in use; refused (LastAdmin) for the last admin machine token."""
     now = node.clock.now()
     with node.sessions.begin() as session:
-        accounts.revoke_token(session, principal.token_id, now=now)
+        done = apply_keeping_an_admin(
+            session, now, lambda: accounts.revoke_token(session, principal.token_id, now=now)
+        )
         audit.append(
             session,
-            actor=principal.user_id or principal.token_id,
+            actor=principal.actor,
             action="logout",
-            outcome="success",
+            outcome="success" if done else "failure",
             object_ref=principal.token_id,
             client_address=client_address,
             now=now,
+            detail=None if done else {"reason": LastAdmin.code},
         )
+    if not done:
+        raise LastAdmin()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.core.errors import PeerAlreadyExists, PeerNotFound
+from dicom_node.core.errors import DicomNodeError, PeerAlreadyExists, PeerNotFound
+from dicom_node.services.views import NothingToChange
 from storage import audit
 from storage import peers as peer_repo
 from storage.models import Peer, new_id
@@ -19,6 +21,17 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from sqlalchemy.orm import Session
+
+
+# A host name or an IPv4/IPv6 address: letters, digits, dots, colons and hyphens, nothing else.
+HOST_PATTERN: Final = r"^[A-Za-z0-9.:\-]{1,255}$"
+MAX_PORT: Final = 65535
+
+
+class PeerInvalid(DicomNodeError):
+    """A peer's host must be a host name or an IP address and its port 1-65535."""
+
+    code = "peer.invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +57,7 @@ def add_peer(
     actor: str = "cli",
     client_address: str | None = None,
 ) -> PeerView:
+    _check_address(host, port)
     if peer_repo.get_peer(session, ae_title=ae_title) is not None:
         raise PeerAlreadyExists()
     peer = Peer(
@@ -85,26 +99,41 @@ def update_peer(
     actor: str = "cli",
     client_address: str | None = None,
 ) -> PeerView:
-    """Move a peer to a new address or change whether results are pushed to it; its title stays."""
+    """Move a peer to a new address or change whether results are pushed to it; its title stays.
+
+    The audit event keeps old and new values (addresses are not PHI): re-pointing a push destination
+    re-routes patient data, and the trail must show where to. Equal values change nothing, unaudited.
+    """
+    if host is None and port is None and push_results is None:
+        raise NothingToChange()
+    _check_address(host, port)
     peer = peer_repo.get_peer(session, ae_title=ae_title)
     if peer is None:
         raise PeerNotFound()
-    changed = []
+    changes: dict[str, object] = {}
     for field, value in (("host", host), ("port", port), ("push_results", push_results)):
         if value is not None and getattr(peer, field) != value:
+            changes[field] = [getattr(peer, field), value]
             setattr(peer, field, value)
-            changed.append(field)
-    audit.append(
-        session,
-        actor=actor,
-        action="peer_update",
-        outcome="success",
-        object_ref=peer.id,
-        client_address=client_address,
-        now=now,
-        detail={"ae_title": ae_title, "changed": changed},
-    )
+    if changes:
+        audit.append(
+            session,
+            actor=actor,
+            action="peer_update",
+            outcome="success",
+            object_ref=peer.id,
+            client_address=client_address,
+            now=now,
+            detail={"ae_title": ae_title, **changes},
+        )
     return _view(peer)
+
+
+def _check_address(host: str | None, port: int | None) -> None:
+    if host is not None and re.fullmatch(HOST_PATTERN, host) is None:
+        raise PeerInvalid()
+    if port is not None and not 1 <= port <= MAX_PORT:
+        raise PeerInvalid()
 
 
 def remove_peer(

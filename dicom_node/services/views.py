@@ -24,6 +24,12 @@ class FilterInvalid(DicomNodeError):
     code = "request.filter_invalid"
 
 
+class NothingToChange(DicomNodeError):
+    """The request names nothing to change."""
+
+    code = "request.invalid"
+
+
 class NotFound(DicomNodeError):
     """No such object."""
 

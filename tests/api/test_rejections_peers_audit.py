@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -65,6 +66,11 @@ def test_peers_are_added_read_and_removed_with_conflicts_and_unknowns_refused(ap
         api.request("PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={"host": "a b"}), 422, "request.invalid"
     )
     assert_error(api.request("PATCH", f"{PEERS}/NOPE", Role.ADMIN, json={"port": 104}), 404, "peer.not_found")
+    assert_error(api.request("PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={}), 422, "request.invalid")
+    assert_error(
+        api.request("PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={"hots": "x"}), 422, "request.invalid"
+    )
+    assert api.request("PATCH", f"{PEERS}/PACS1", Role.ADMIN, json={"port": 104}).status_code == 200  # no-op
     assert api.request("DELETE", f"{PEERS}/PACS1", Role.ADMIN).status_code == 204
     assert_error(api.request("DELETE", f"{PEERS}/PACS1", Role.ADMIN), 404, "peer.not_found")
     assert api.get(PEERS, Role.VIEWER).json()["items"] == []
@@ -73,6 +79,13 @@ def test_peers_are_added_read_and_removed_with_conflicts_and_unknowns_refused(ap
             select(AuditEvent.action).where(AuditEvent.action.like("peer_%")).order_by(AuditEvent.id)
         ).all()
     assert actions == ["peer_add", "peer_update", "peer_remove"]
+    with api.node.sessions() as session:
+        (detail,) = session.scalars(select(AuditEvent.detail).where(AuditEvent.action == "peer_update")).all()
+    assert json.loads(detail) == {
+        "ae_title": "PACS1",
+        "host": ["10.0.0.5", "10.0.0.9"],
+        "push_results": [True, False],
+    }
 
 
 @pytest.fixture

@@ -59,6 +59,16 @@ def test_peer_update_moves_a_peer_and_toggles_push_and_refuses_an_unknown_one(
     assert run("peer", "list") == (0, "PACS\t10.0.0.9\t11112\n")
     assert run("peer", "update", "NOPE", "--port", "104")[0] == 2
     assert "[peer.not_found]" in capsys.readouterr().err
+    for bad in (
+        ["update", "PACS", "--host", "a b"],
+        ["update", "PACS", "--host", ""],
+        ["add", "X", "a;b", "104"],
+    ):
+        assert run("peer", *bad)[0] == 2
+        assert "[peer.invalid]" in capsys.readouterr().err
+    assert run("peer", "update", "PACS")[0] == 2
+    assert "[request.invalid]" in capsys.readouterr().err
+    assert _audit_actors(node_env, "peer_update") == ["cli", "cli"]
 
 
 def test_adding_a_peer_twice_or_removing_an_unknown_one_fails_with_a_code(
@@ -219,6 +229,7 @@ def test_user_list_and_update_change_role_state_and_lockout(
     assert "[request.not_found]" in capsys.readouterr().err
     assert run("user", "update", "bob")[0] == 2
     assert "[request.invalid]" in capsys.readouterr().err
+    assert _audit_actors(node_env, "user_update") == ["cli", "cli", "cli"]  # the refusal is audited too
 
 
 _RFC5424 = re.compile(
@@ -287,3 +298,19 @@ def test_peer_echo_reaches_a_real_verification_scp_and_fails_on_a_closed_port(no
     assert run("peer", "add", "GONE", "127.0.0.1", str(closed))[0] == 0
     code, out = run("peer", "echo", "GONE")
     assert code == 1 and out.startswith("echo GONE: failed (status none, ")
+
+
+def _audit_actors(database_url: str, action: str) -> list[str]:
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import AuditEvent
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return list(
+                session.scalars(
+                    select(AuditEvent.actor).where(AuditEvent.action == action).order_by(AuditEvent.id)
+                ).all()
+            )
+    finally:
+        engine.dispose()
