@@ -29,6 +29,8 @@ STATUS_BY_CODE: Final = {
     "auth.user_invalid": 422,
     "auth.user_exists": 409,
     "auth.last_admin": 409,
+    "auth.password_wrong": 403,
+    "auth.not_a_user": 409,
     "rate.limited": 429,
     "request.invalid": 422,
     "request.page_invalid": 422,

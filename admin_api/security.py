@@ -27,6 +27,7 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Role | None]] = {
     ("POST", f"{V1}/auth/login"): None,
     ("POST", f"{V1}/auth/logout"): Role.VIEWER,
     ("GET", f"{V1}/auth/me"): Role.VIEWER,
+    ("POST", f"{V1}/auth/password"): Role.VIEWER,
     ("GET", f"{V1}/studies"): Role.VIEWER,
     ("GET", f"{V1}/studies/{{study_id}}"): Role.VIEWER,
     ("GET", f"{V1}/jobs"): Role.VIEWER,

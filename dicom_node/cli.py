@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     enabled.add_argument("--disable", dest="disabled", action="store_const", const=True)
     enabled.add_argument("--enable", dest="disabled", action="store_const", const=False)
     change.add_argument("--unlock", action="store_true", help="lift a lockout after failed logins")
+    change.add_argument(
+        "--password-stdin", action="store_true", help="set a new password read from stdin (ends its sessions)"
+    )
 
     export = commands.add_parser("audit-export", help="print audit events as RFC 5424 syslog lines")
     export.add_argument("--after-id", type=int, default=0, help="only events after this id (resume point)")
@@ -233,7 +236,8 @@ def _write_tokens(node: Node, out: TextIO, *, active: bool | None) -> None:
 
 
 def _run_user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
-    password = stdin.readline().rstrip("\n") if args.user_command == "add" else ""
+    reads_password = args.user_command == "add" or getattr(args, "password_stdin", False)
+    password = stdin.readline().rstrip("\n") if reads_password else None
     upgrade_database(settings)
     node = build_node(settings)
     try:
@@ -250,12 +254,13 @@ def _run_user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: 
                 role=Role(args.role) if args.role else None,
                 disabled=args.disabled,
                 unlock=args.unlock,
+                password=password,
                 actor="cli",
             )
             state = "disabled" if view.disabled else "enabled"
             out.write(f"updated user {view.id}: {view.role}, {state}\n")
             return 0
-        user_id = auth.add_user(node, username=args.username, password=password, role=Role(args.role))
+        user_id = auth.add_user(node, username=args.username, password=password or "", role=Role(args.role))
     finally:
         node.engine.dispose()
     out.write(f"added user {user_id} ({args.role})\n")

@@ -70,6 +70,10 @@ def user_by_name(session: Session, username: str, *, for_update: bool = False) -
     return session.scalars(statement).first()
 
 
+def user_by_id(session: Session, user_id: str, *, for_update: bool = False) -> User | None:
+    return session.get(User, user_id, with_for_update=for_update)
+
+
 def add_token(
     session: Session,
     *,
@@ -129,13 +133,12 @@ def revoke_token(session: Session, token_id: str, *, now: datetime) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def revoke_user_sessions(session: Session, user_id: str, *, now: datetime) -> int:
-    """Revoke every live session token of a user (its role or access changed); machine tokens are apart."""
-    result = session.execute(
-        update(ApiToken)
-        .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
+def revoke_user_sessions(session: Session, user_id: str, *, now: datetime, keep: str | None = None) -> int:
+    """Revoke a user's live session tokens (its access or password changed), all but `keep`."""
+    statement = update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+    if keep is not None:
+        statement = statement.where(ApiToken.id != keep)
+    result = session.execute(statement.values(revoked_at=now))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 

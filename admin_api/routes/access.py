@@ -26,13 +26,17 @@ class UserIn(BaseModel):
 
 
 class UserChange(BaseModel):
-    """No password field: a password is changed by its owner (not yet offered), never set by an admin."""
-
     model_config = ConfigDict(extra="forbid")
 
     role: Role | None = None
     disabled: bool | None = None
     unlock: bool = Field(default=False, description="lift a lockout and reset the failure counter")
+    password: str | None = Field(
+        default=None,
+        min_length=auth.MIN_PASSWORD_LENGTH,
+        max_length=1024,
+        description="set a new password (a reset): ends the user's sessions and lifts a lockout",
+    )
 
 
 @tokens.get("", response_model=Page[TokenView])
@@ -101,6 +105,7 @@ def update_user(request: Request, user_id: str, body: UserChange) -> UserView:
         role=body.role,
         disabled=body.disabled,
         unlock=body.unlock,
+        password=body.password,
         actor=principal_of(request).actor,
         client_address=client_address(request),
     )

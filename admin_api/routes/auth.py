@@ -1,11 +1,11 @@
-"""Login (a short-lived session token), logout (revokes it) and who am I."""
+"""Login (a short-lived session token), logout (revokes it), who am I, and changing one's own password."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from admin_api.context import ApiContext
 from admin_api.security import client_address, principal_of
@@ -17,6 +17,13 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 class LoginRequest(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=auth.MIN_PASSWORD_LENGTH, max_length=1024)
 
 
 class TokenOut(BaseModel):
@@ -55,3 +62,15 @@ def logout(request: Request) -> None:
 def me(request: Request) -> MeOut:
     principal = principal_of(request)
     return MeOut(name=principal.name, role=principal.role, kind=principal.kind)
+
+
+@router.post("/password", status_code=204)
+def change_password(body: PasswordChange, request: Request) -> None:
+    context: ApiContext = request.app.state.context
+    auth.change_password(
+        context.node,
+        principal_of(request),
+        current=body.current_password,
+        new=body.new_password,
+        client_address=client_address(request),
+    )

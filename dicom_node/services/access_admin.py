@@ -1,4 +1,4 @@
-"""Who may use the admin API, for admins: list and revoke tokens; list users, change role, disable, unlock.
+"""Who may use the admin API, for admins: tokens (list, revoke); users (list, role, state, unlock, password).
 
 The CLI and the API call these. Every change is audited by internal id only. A change that takes away
 a user's access (role changed, disabled) revokes the user's live sessions at once: a session token
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from dicom_node.services import auth
 from dicom_node.services.auth import LastAdmin, apply_keeping_an_admin
 from dicom_node.services.views import Conflict, FilterInvalid, NotFound, NothingToChange, Page, PageRequest
 from storage import accounts, audit
@@ -215,15 +216,20 @@ def update_user(
     role: Role | None = None,
     disabled: bool | None = None,
     unlock: bool = False,
+    password: str | None = None,
     actor: str,
     client_address: str | None = None,
 ) -> UserView:
-    """Change a user's role or enabled state, or lift a lockout; access changes end the user's sessions.
+    """Change a user's role, enabled state or password, or lift a lockout.
 
-    Values equal to the current ones change nothing and write no audit event.
+    A role change, a disable or a new password ends the user's sessions; a new password also lifts a
+    lockout (the usual reason an admin sets one). Values equal to the current ones change nothing and
+    write no audit event. The password is never in the audit trail, only that one was set.
     """
-    if role is None and disabled is None and not unlock:
+    if role is None and disabled is None and not unlock and password is None:
         raise NothingToChange()
+    password_hash = auth.hash_new_password(password) if password is not None else None
+    unlock = unlock or password is not None
     now = node.clock.now()
     with node.sessions.begin() as session:
         accounts.lock_access_changes(session)
@@ -237,6 +243,8 @@ def update_user(
             detail["disabled"] = disabled
         if unlock and (user.failed_logins or (user.locked_until is not None and user.locked_until > now)):
             detail["unlocked"] = True
+        if password_hash is not None:
+            detail["password_set"] = True
         if not detail:
             return _user_view(user, now)
 
@@ -248,7 +256,9 @@ def update_user(
             if "unlocked" in detail:
                 user.locked_until = None
                 user.failed_logins = 0
-            if "role" in detail or detail.get("disabled") is True:
+            if password_hash is not None:
+                user.password_hash = password_hash
+            if "role" in detail or detail.get("disabled") is True or password_hash is not None:
                 detail["sessions_revoked"] = accounts.revoke_user_sessions(session, user_id, now=now)
 
         done = apply_keeping_an_admin(session, now, change)

@@ -131,6 +131,13 @@ def _new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def hash_new_password(password: str) -> str:
+    """The argon2id hash of an acceptable new password (UserInvalid when too short)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserInvalid()
+    return _hasher().hash(password)
+
+
 def add_user(
     node: Node,
     *,
@@ -140,14 +147,15 @@ def add_user(
     actor: str = "cli",
     client_address: str | None = None,
 ) -> str:
-    if _USERNAME.fullmatch(username) is None or len(password) < MIN_PASSWORD_LENGTH:
+    if _USERNAME.fullmatch(username) is None:
         raise UserInvalid()
+    password_hash = hash_new_password(password)
     now = node.clock.now()
     with node.sessions.begin() as session:
         if accounts.user_by_name(session, username) is not None:
             raise UserAlreadyExists()
         user_id = accounts.add_user(
-            session, username=username, password_hash=_hasher().hash(password), role=role.value, now=now
+            session, username=username, password_hash=password_hash, role=role.value, now=now
         )
         audit.append(
             session,
@@ -285,6 +293,48 @@ def authenticate(node: Node, token: str) -> Principal:
     return Principal(
         token_id=owner.token_id, kind=owner.kind, role=owner.role, name=owner.name, user_id=owner.user_id
     )
+
+
+class PasswordWrong(DicomNodeError):
+    """The current password is not correct."""
+
+    code = "auth.password_wrong"
+
+
+class NotAUser(DicomNodeError):
+    """Only a user's session can change a password; machine tokens have none."""
+
+    code = "auth.not_a_user"
+
+
+def change_password(
+    node: Node, principal: Principal, *, current: str, new: str, client_address: str | None = None
+) -> None:
+    """A user changes their own password, proving the current one; their other sessions end."""
+    if principal.user_id is None:
+        raise NotAUser()
+    password_hash = hash_new_password(new)
+    now = node.clock.now()
+    with node.sessions.begin() as session:
+        user = accounts.user_by_id(session, principal.user_id, for_update=True)
+        if user is None:
+            raise AuthenticationFailed()
+        done = _verify(user.password_hash, current)
+        if done:
+            user.password_hash = password_hash
+            accounts.revoke_user_sessions(session, user.id, now=now, keep=principal.token_id)
+        audit.append(
+            session,
+            actor=principal.actor,
+            action="password_change",
+            outcome="success" if done else "failure",
+            object_ref=user.id,
+            client_address=client_address,
+            now=now,
+            detail=None if done else {"reason": PasswordWrong.code},
+        )
+    if not done:
+        raise PasswordWrong()
 
 
 def apply_keeping_an_admin(session: Session, now: datetime, change: Callable[[], object]) -> bool:

@@ -302,3 +302,54 @@ def test_a_concurrent_token_revocation_and_admin_disable_cannot_remove_the_last_
         if "revoked" in outcomes:  # the user stayed: make a token the next round's way in, drop the user
             create_machine_token(api.node, role=Role.ADMIN, name=f"next-{round_}")
             access_admin.update_user(api.node, user_id, disabled=True, actor="test")
+
+
+def test_an_admin_resets_a_password_which_ends_sessions_lifts_the_lockout_and_is_never_audited(
+    api: Api,
+) -> None:
+    user_id = add_user(api.node, username="jon", password=PASSWORD, role=Role.OPERATOR)
+    old_session = _login(api, "jon")
+    for _ in range(api.settings.api_lockout_attempts):
+        api.post("/api/v1/auth/login", json={"username": "jon", "password": "wrong password"})
+    new_password = "another long password"
+    reset = api.request("PATCH", f"{USERS}/{user_id}", Role.ADMIN, json={"password": new_password})
+    assert reset.status_code == 200, reset.text
+    assert reset.json()["locked_until"] is None and new_password not in reset.text
+    assert_error(api.get("/api/v1/auth/me", token=old_session), 401, "auth.failed")
+    assert_error(
+        api.post("/api/v1/auth/login", json={"username": "jon", "password": PASSWORD}), 401, "auth.failed"
+    )
+    _login(api, "jon", new_password)
+    (event,) = _audit(api, "user_update")
+    assert json.loads(event[2] or "{}") == {"password_set": True, "unlocked": True, "sessions_revoked": 1}
+    with api.node.sessions() as session:
+        everything = " ".join(str(row) for row in session.execute(select(AuditEvent.__table__)).all())
+    assert new_password not in everything and PASSWORD not in everything
+    short = api.request("PATCH", f"{USERS}/{user_id}", Role.ADMIN, json={"password": "short"})
+    assert_error(short, 422, "request.invalid")
+
+
+def test_a_user_changes_their_own_password_keeping_this_session_and_ending_the_others(api: Api) -> None:
+    add_user(api.node, username="kim", password=PASSWORD, role=Role.VIEWER)
+    this, other = _login(api, "kim"), _login(api, "kim")
+    path = "/api/v1/auth/password"
+    new_password = "kim's new long password"
+    wrong = api.post(
+        path, token=this, json={"current_password": "not it at all", "new_password": new_password}
+    )
+    assert_error(wrong, 403, "auth.password_wrong")
+    assert api.get("/api/v1/auth/me", token=other).status_code == 200  # a wrong attempt changes nothing
+    changed = api.post(path, token=this, json={"current_password": PASSWORD, "new_password": new_password})
+    assert changed.status_code == 204, changed.text
+    assert api.get("/api/v1/auth/me", token=this).status_code == 200
+    assert_error(api.get("/api/v1/auth/me", token=other), 401, "auth.failed")
+    _login(api, "kim", new_password)
+    too_short = api.post(path, token=this, json={"current_password": new_password, "new_password": "short"})
+    assert_error(too_short, 422, "request.invalid")
+    machine = api.post(path, Role.VIEWER, json={"current_password": PASSWORD, "new_password": new_password})
+    assert_error(machine, 409, "auth.not_a_user")
+    with api.node.sessions() as session:
+        outcomes = session.scalars(
+            select(AuditEvent.outcome).where(AuditEvent.action == "password_change").order_by(AuditEvent.id)
+        ).all()
+    assert outcomes == ["failure", "success"]

@@ -230,6 +230,28 @@ def test_user_list_and_update_change_role_state_and_lockout(
     assert run("user", "update", "bob")[0] == 2
     assert "[request.invalid]" in capsys.readouterr().err
     assert _audit_actors(node_env, "user_update") == ["cli", "cli", "cli"]  # the refusal is audited too
+    new_password = io.StringIO("bob's brand new password\n")
+    assert main(["user", "update", "bob", "--password-stdin"], out=io.StringIO(), stdin=new_password) == 0
+    assert (
+        main(["user", "update", "bob", "--password-stdin"], out=io.StringIO(), stdin=io.StringIO("short\n"))
+        == 2
+    )
+    assert "[auth.user_invalid]" in capsys.readouterr().err
+    from argon2 import PasswordHasher
+    from argon2.exceptions import VerifyMismatchError
+
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import User
+
+    engine = make_engine(node_env)
+    try:
+        with make_sessionmaker(engine)() as session:
+            stored = session.scalars(select(User.password_hash).where(User.username == "bob")).one()
+    finally:
+        engine.dispose()
+    assert PasswordHasher().verify(stored, "bob's brand new password")
+    with pytest.raises(VerifyMismatchError):
+        PasswordHasher().verify(stored, "long enough password")
 
 
 _RFC5424 = re.compile(
