@@ -14,7 +14,7 @@ from typing import Final
 
 from fastapi import Depends, FastAPI, Request, Response
 
-from admin_api import errors
+from admin_api import errors, openapi
 from admin_api.context import ApiContext
 from admin_api.routes import access, audit, auth, health, jobs, peers, rejections, studies
 from admin_api.security import authorize
@@ -35,11 +35,13 @@ def create_app(context: ApiContext) -> FastAPI:
     app = FastAPI(
         title="dicom-node admin API",
         version="1",
-        description="Studies, jobs, rejections, peers and the audit trail of a dicom-node.",
+        description="Studies, jobs, rejections, peers, access and the audit trail of a dicom-node. "
+        "Every failure answers one body, `ErrorResponse`; send tokens as `Authorization: Bearer dn_…`.",
         dependencies=[Depends(authorize)],
     )
     app.state.context = context
     errors.install(app)
+    openapi.install(app)
     for router in (
         health.router,
         auth.router,

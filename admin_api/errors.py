@@ -12,6 +12,7 @@ from typing import Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicom_node.core.errors import DicomNodeError
@@ -44,6 +45,18 @@ STATUS_BY_CODE: Final = {
     "storage.database_unavailable": 503,
 }
 _HTTP_CODES: Final = {404: "request.not_found", 405: "request.method_not_allowed"}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. `request.not_found`")
+    message: str = Field(description="our own text: never a value from the request or the data")
+    correlation_id: str = Field(description="also in the `X-Correlation-ID` header and the node's logs")
+
+
+class ErrorResponse(BaseModel):
+    """The one body of every failure."""
+
+    error: ErrorDetail
 
 
 class ApiError(DicomNodeError):

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from admin_api.context import ApiContext
+from admin_api.openapi import errors_documented
 from admin_api.params import PageNumber, PageSize
 from admin_api.security import client_address, principal_of
 from dicom_node.services import access_admin, auth
@@ -54,7 +55,7 @@ def list_tokens(
     )
 
 
-@tokens.post("/{token_id}/revoke", response_model=TokenView)
+@tokens.post("/{token_id}/revoke", response_model=TokenView, responses=errors_documented(409))
 def revoke_token(request: Request, token_id: str) -> TokenView:
     context: ApiContext = request.app.state.context
     return access_admin.revoke_token(
@@ -76,7 +77,7 @@ def list_users(
     )
 
 
-@users.post("", response_model=UserView, status_code=201)
+@users.post("", response_model=UserView, status_code=201, responses=errors_documented(409))
 def add_user(request: Request, body: UserIn) -> UserView:
     context: ApiContext = request.app.state.context
     user_id = auth.add_user(
@@ -96,7 +97,7 @@ def get_user(request: Request, user_id: str) -> UserView:
     return access_admin.get_user(context.node, user_id)
 
 
-@users.patch("/{user_id}", response_model=UserView)
+@users.patch("/{user_id}", response_model=UserView, responses=errors_documented(409))
 def update_user(request: Request, user_id: str, body: UserChange) -> UserView:
     context: ApiContext = request.app.state.context
     return access_admin.update_user(

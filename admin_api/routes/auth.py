@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from admin_api.context import ApiContext
+from admin_api.openapi import errors_documented
 from admin_api.security import client_address, principal_of
 from dicom_node.services import auth
 
@@ -39,7 +40,7 @@ class MeOut(BaseModel):
     kind: str
 
 
-@router.post("/login", response_model=TokenOut)
+@router.post("/login", response_model=TokenOut, responses=errors_documented(401, 423))
 def login(body: LoginRequest, request: Request) -> TokenOut:
     context: ApiContext = request.app.state.context
     issued = auth.login(
@@ -52,7 +53,7 @@ def login(body: LoginRequest, request: Request) -> TokenOut:
     return TokenOut(token=issued.token, role=issued.role, expires_at=issued.expires_at)
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, response_class=Response, responses=errors_documented(409))
 def logout(request: Request) -> None:
     context: ApiContext = request.app.state.context
     auth.logout(context.node, principal_of(request), client_address=client_address(request))
@@ -64,7 +65,7 @@ def me(request: Request) -> MeOut:
     return MeOut(name=principal.name, role=principal.role, kind=principal.kind)
 
 
-@router.post("/password", status_code=204)
+@router.post("/password", status_code=204, response_class=Response, responses=errors_documented(403, 409))
 def change_password(body: PasswordChange, request: Request) -> None:
     context: ApiContext = request.app.state.context
     auth.change_password(

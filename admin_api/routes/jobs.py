@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from admin_api.context import ApiContext
+from admin_api.openapi import errors_documented
 from admin_api.params import PageNumber, PageSize
 from admin_api.security import client_address, principal_of
 from dicom_node.services import job_admin
@@ -35,7 +36,7 @@ def get_job(request: Request, job_id: str) -> JobView:
     return job_admin.get_job(context.node, job_id)
 
 
-@router.post("/{job_id}/retry", response_model=JobView)
+@router.post("/{job_id}/retry", response_model=JobView, responses=errors_documented(409))
 def retry_job(request: Request, job_id: str) -> JobView:
     context: ApiContext = request.app.state.context
     principal = principal_of(request)
@@ -44,7 +45,7 @@ def retry_job(request: Request, job_id: str) -> JobView:
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobView)
+@router.post("/{job_id}/cancel", response_model=JobView, responses=errors_documented(409))
 def cancel_job(request: Request, job_id: str) -> JobView:
     context: ApiContext = request.app.state.context
     principal = principal_of(request)

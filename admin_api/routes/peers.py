@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from admin_api.context import ApiContext
+from admin_api.openapi import errors_documented
 from admin_api.params import PageNumber, PageSize
 from admin_api.security import client_address, principal_of
 from dicom_node.core.settings import parse_ae_title
@@ -56,7 +57,7 @@ def list_peers(request: Request, page: PageNumber = 1, page_size: PageSize = 50)
     )
 
 
-@router.post("", response_model=PeerView, status_code=201)
+@router.post("", response_model=PeerView, status_code=201, responses=errors_documented(409))
 def add_peer(request: Request, body: PeerIn) -> PeerView:
     context: ApiContext = request.app.state.context
     principal = principal_of(request)
@@ -97,7 +98,7 @@ def update_peer(request: Request, ae_title: str, body: PeerChange) -> PeerView:
         )
 
 
-@router.delete("/{ae_title}", status_code=204)
+@router.delete("/{ae_title}", status_code=204, response_class=Response)
 def remove_peer(request: Request, ae_title: str) -> None:
     context: ApiContext = request.app.state.context
     principal = principal_of(request)
