@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-ASSOCIATIONS = Counter("dicom_node_associations_total", "Association requests by result.", ["result"])
+ASSOCIATIONS = Counter(
+    "dicom_node_associations_total",
+    "Association requests by result and, when rejected, why (capacity, called_ae_unknown, "
+    "calling_ae_not_allowed, other).",
+    ["result", "reason"],
+)
 ASSOCIATIONS_ACTIVE = Gauge(
     "dicom_node_associations_active", "Associations currently established.", multiprocess_mode="livesum"
 )

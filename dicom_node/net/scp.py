@@ -163,7 +163,7 @@ def _on_conn_open(event: Event) -> None:
 
 
 def _on_established(event: Event) -> None:
-    metrics.ASSOCIATIONS.labels(result="accepted").inc()
+    metrics.ASSOCIATIONS.labels(result="accepted", reason="none").inc()
     metrics.ASSOCIATIONS_ACTIVE.inc()
     with _association_context(event.assoc):
         logger.info(
@@ -194,21 +194,44 @@ def _peer_address(assoc: Association) -> str | None:
     return str(address) if address else None
 
 
+def rejection_reason(assoc: Association) -> str:
+    """Why pynetdicom refused the association, a bounded label: its acceptor checks re-run in the
+    order in which the last failing one decides (pynetdicom 3.0 `ACSE._negotiate_as_acceptor`)."""
+    ae = assoc.ae
+    request = assoc.requestor.primitive
+    acceptors = [other for other in ae.active_associations if other.is_acceptor]
+    if len(acceptors) > ae.maximum_associations:
+        return "capacity"
+    called = assoc.acceptor.ae_title.strip()
+    if request is not None and ae.require_called_aet and request.called_ae_title != called:
+        return "called_ae_unknown"
+    allowed = [title.strip() for title in ae.require_calling_aet]
+    if request is not None and allowed and request.calling_ae_title not in allowed:
+        return "calling_ae_not_allowed"
+    return "other"
+
+
 def _on_rejected(event: Event, node: Node) -> None:
-    metrics.ASSOCIATIONS.labels(result="rejected").inc()
+    reason = rejection_reason(event.assoc)
+    metrics.ASSOCIATIONS.labels(result="rejected", reason=reason).inc()
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     called_ae = str(event.assoc.acceptor.ae_title).strip()
     with _association_context(event.assoc):
         logger.warning(
             "association rejected",
-            extra={"event": "association_rejected", "calling_ae": calling_ae, "called_ae": called_ae},
+            extra={
+                "event": "association_rejected",
+                "calling_ae": calling_ae,
+                "called_ae": called_ae,
+                "reason": reason,
+            },
         )
         write_association_refused(
             node,
             calling_ae=calling_ae,
             called_ae=called_ae,
             client_address=_peer_address(event.assoc),
-            reason="association_rejected",
+            reason=reason,
         )
 
 

@@ -18,13 +18,11 @@ from sqlalchemy import func, select
 from dicom_node.services import auth
 from dicom_node.services.auth import LastAdmin, apply_keeping_an_admin
 from dicom_node.services.views import Conflict, FilterInvalid, NotFound, NothingToChange, Page, PageRequest
-from storage import accounts, audit
+from storage import accounts
 from storage.listing import fetch_page
 from storage.models import ApiToken, Role, TokenKind, User
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from dicom_node.services.node import Node
 
 
@@ -124,42 +122,19 @@ def revoke_token(node: Node, token_id: str, *, actor: str, client_address: str |
         if token.revoked_at is not None:
             raise Conflict()
         done = apply_keeping_an_admin(session, now, lambda: accounts.revoke_token(session, token_id, now=now))
-        _audit_change(
+        auth.audit_attempt(
             session,
-            actor,
-            "token_revoke",
-            token_id,
-            done,
-            now,
-            client_address,
-            {"kind": token.kind, "role": token.role},
+            actor=actor,
+            action="token_revoke",
+            object_ref=token_id,
+            refused=None if done else LastAdmin.code,
+            now=now,
+            client_address=client_address,
+            detail={"kind": token.kind, "role": token.role},
         )
     if not done:
         raise LastAdmin()
     return _token_view_of(node, token_id)
-
-
-def _audit_change(
-    session: Session,
-    actor: str,
-    action: str,
-    object_ref: str,
-    done: bool,
-    now: datetime,
-    client_address: str | None,
-    detail: dict[str, Any],
-) -> None:
-    """A change made, or one refused because it would have left no admin (security wants to see both)."""
-    audit.append(
-        session,
-        actor=actor,
-        action=action,
-        outcome="success" if done else "failure",
-        object_ref=object_ref,
-        client_address=client_address,
-        now=now,
-        detail=detail if done else {**detail, "reason": LastAdmin.code},
-    )
 
 
 def _token_view_of(node: Node, token_id: str) -> TokenView:
@@ -264,7 +239,16 @@ def update_user(
         done = apply_keeping_an_admin(session, now, change)
         if not done:
             detail.pop("sessions_revoked", None)  # undone with the rest
-        _audit_change(session, actor, "user_update", user_id, done, now, client_address, detail)
+        auth.audit_attempt(
+            session,
+            actor=actor,
+            action="user_update",
+            object_ref=user_id,
+            refused=None if done else LastAdmin.code,
+            now=now,
+            client_address=client_address,
+            detail=detail,
+        )
     if not done:
         raise LastAdmin()
     return get_user(node, user_id)

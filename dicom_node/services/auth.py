@@ -323,18 +323,41 @@ def change_password(
         if done:
             user.password_hash = password_hash
             accounts.revoke_user_sessions(session, user.id, now=now, keep=principal.token_id)
-        audit.append(
+        audit_attempt(
             session,
             actor=principal.actor,
             action="password_change",
-            outcome="success" if done else "failure",
             object_ref=user.id,
-            client_address=client_address,
+            refused=None if done else PasswordWrong.code,
             now=now,
-            detail=None if done else {"reason": PasswordWrong.code},
+            client_address=client_address,
         )
     if not done:
         raise PasswordWrong()
+
+
+def audit_attempt(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    object_ref: str,
+    refused: str | None,
+    now: datetime,
+    client_address: str | None,
+    detail: dict[str, object] | None = None,
+) -> None:
+    """An access action done, or refused with its reason code: a security officer wants to see both."""
+    audit.append(
+        session,
+        actor=actor,
+        action=action,
+        outcome="failure" if refused else "success",
+        object_ref=object_ref,
+        client_address=client_address,
+        now=now,
+        detail={**(detail or {}), "reason": refused} if refused else detail,
+    )
 
 
 def apply_keeping_an_admin(session: Session, now: datetime, change: Callable[[], object]) -> bool:
@@ -362,15 +385,14 @@ def logout(node: Node, principal: Principal, *, client_address: str | None = Non
         done = apply_keeping_an_admin(
             session, now, lambda: accounts.revoke_token(session, principal.token_id, now=now)
         )
-        audit.append(
+        audit_attempt(
             session,
             actor=principal.actor,
             action="logout",
-            outcome="success" if done else "failure",
             object_ref=principal.token_id,
-            client_address=client_address,
+            refused=None if done else LastAdmin.code,
             now=now,
-            detail=None if done else {"reason": LastAdmin.code},
+            client_address=client_address,
         )
     if not done:
         raise LastAdmin()

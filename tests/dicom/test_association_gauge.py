@@ -45,8 +45,9 @@ def gauge() -> float:
     return value
 
 
-def associations(result: str) -> float:
-    return REGISTRY.get_sample_value("dicom_node_associations_total", {"result": result}) or 0.0
+def associations(result: str, reason: str = "none") -> float:
+    labels = {"result": result, "reason": reason}
+    return REGISTRY.get_sample_value("dicom_node_associations_total", labels) or 0.0
 
 
 def _acceptor_threads() -> list[threading.Thread]:
@@ -178,12 +179,16 @@ def test_tcp_connection_closed_before_any_pdu_leaves_the_gauge(make_node: NodeMa
 
 def test_association_rejected_by_the_allowlist_leaves_the_gauge(make_node: NodeMaker, start: float) -> None:
     _, server = make_node(allowed_calling_aes=["ALLOWED"])
-    rejected = associations("rejected")
+    rejected = associations("rejected", "calling_ae_not_allowed")
     stranger = associate(server.port, calling="STRANGER")
     assert stranger.is_rejected
     assert not stranger.is_established
     close_transport(stranger)
-    wait_until(lambda: associations("rejected") == rejected + 1, timeout=10, what="the rejection to count")
+    wait_until(
+        lambda: associations("rejected", "calling_ae_not_allowed") == rejected + 1,
+        timeout=10,
+        what="the rejection to count under its reason",
+    )
     wait_closed(server)
     assert gauge() == start
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import REGISTRY
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -70,10 +71,17 @@ def test_any_calling_ae_is_accepted_without_an_allowlist(make_node: NodeMaker) -
         assoc.release()
 
 
+def _rejected(reason: str) -> float:
+    labels = {"result": "rejected", "reason": reason}
+    return REGISTRY.get_sample_value("dicom_node_associations_total", labels) or 0.0
+
+
 def test_wrong_called_ae_title_is_rejected(make_node: NodeMaker) -> None:
     _, server = make_node()
+    before = _rejected("called_ae_unknown")
     wrong = associate(server.port, called="NOT_THE_NODE")
     assert wrong.is_rejected
+    wait_until(lambda: _rejected("called_ae_unknown") == before + 1, timeout=10, what="the reason counted")
     assert dicom_tools.echoscu(server.port, called_ae="NOT_THE_NODE").returncode != 0
     assert dicom_tools.echoscu(server.port, called_ae="DICOM_NODE").returncode == 0
 
@@ -85,8 +93,10 @@ def test_max_associations_is_honoured(make_node: NodeMaker) -> None:
     held = [first, second]
     try:
         assert first.is_established and second.is_established
+        before = _rejected("capacity")
         third = associate(server.port)
         assert third.is_rejected
+        wait_until(lambda: _rejected("capacity") == before + 1, timeout=10, what="the reason counted")
         assert not third.is_established
         assert dicom_tools.echoscu(server.port, calling_ae="ALLOWED").returncode != 0
         # The two held associations still work.

@@ -72,3 +72,4 @@ def test_a_refused_association_is_audited(make_node: NodeMaker) -> None:
     wait_until(lambda: len(_events(node)) == 1, timeout=10, what="the refusal's audit event")
     (event,) = _events(node)
     assert (event.action, event.outcome, event.actor) == ("association_reject", "failure", "STRANGER")
+    assert json.loads(event.detail) == {"called_ae": "DICOM_NODE", "reason": "calling_ae_not_allowed"}

@@ -58,7 +58,7 @@ def test_metrics_count_traffic_of_both_receivers_and_the_api_serves_pseudonyms(
 
     metrics = httpx.get(f"{base}/metrics", timeout=10).text
     assert _sample(metrics, "dicom_node_instances_received_total", outcome="stored") == 20
-    assert _sample(metrics, "dicom_node_associations_total", result="accepted") == 4
+    assert _sample(metrics, "dicom_node_associations_total", result="accepted", reason="none") == 4
     assert _sample(metrics, "dicom_node_associations_active") == 0
 
     created = subprocess.run(
