@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# pytest-xdist workers (one per core, at most this many): most e2e time is waiting on subprocesses.
+TEST_PROCESSES ?= 4
 
 .PHONY: install system-deps run test lint typecheck bench bench-ingest bench-deid clean
 
@@ -27,7 +29,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/pytest -p no:cacheprovider --durations=20 --cov --cov-report=term --cov-report=xml:coverage.xml
+	$(BIN)/pytest -p no:cacheprovider -n auto --maxprocesses=$(TEST_PROCESSES) --durations=20 \
+		--cov --cov-report=term --cov-report=xml:coverage.xml
 
 bench: bench-ingest bench-deid
 
