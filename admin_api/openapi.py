@@ -28,6 +28,13 @@ _DESCRIPTIONS: Final = {
     429: "Rate limited; `Retry-After` says when to retry",
     503: "The database is unavailable",
 }
+# Failures only some routes give, which they declare with `errors_documented`.
+_ROUTE_ERRORS: Final = {
+    401: "Wrong user name or password (`auth.failed`)",
+    403: "Refused: the error code says why",
+    409: "The object's state does not allow this: the error code says why",
+    423: "The account is locked after failed logins; `Retry-After` says for how long",
+}
 # Routes that read no database and never wait on one: readiness answers its own 503 body.
 _NO_DATABASE: Final = {"/healthz", "/readyz", "/metrics"}
 
@@ -83,11 +90,3 @@ def install(app: FastAPI) -> None:
 def errors_documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """A route's own failures, for its decorator's `responses`: `responses=errors_documented(409)`."""
     return {status: {"model": ErrorResponse, "description": _ROUTE_ERRORS[status]} for status in statuses}
-
-
-_ROUTE_ERRORS: Final = {
-    401: "Wrong user name or password (`auth.failed`)",
-    403: "Refused: the error code says why",
-    409: "The object's state does not allow this: the error code says why",
-    423: "The account is locked after failed logins; `Retry-After` says for how long",
-}
