@@ -94,8 +94,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # An unknown field's name is the caller's text (it could be anything, a patient's name
+        # included): it is never echoed; declared fields are named.
         fields = sorted(
-            {".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in exc.errors()}
+            {
+                "an unknown field"
+                if error.get("type") == "extra_forbidden"
+                else ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+                for error in exc.errors()
+            }
         )
         return error_response("request.invalid", f"Invalid request fields: {', '.join(fields) or 'body'}")
 

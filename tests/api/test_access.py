@@ -206,7 +206,8 @@ def test_an_empty_change_or_unknown_field_is_refused_and_an_equal_value_changes_
     assert_error(api.request("PATCH", path, Role.ADMIN, json={"role": "root"}), 422, "request.invalid")
     sneaky = api.request("PATCH", path, Role.ADMIN, json={"rol": "admin", "unlock": True})
     assert_error(sneaky, 422, "request.invalid")
-    assert "rol" in sneaky.json()["error"]["message"] and "admin" not in sneaky.json()["error"]["message"]
+    message = sneaky.json()["error"]["message"]
+    assert "unknown field" in message and "rol" not in message and "admin" not in message
     token = _login(api, "hal")
     same = api.request("PATCH", path, Role.ADMIN, json={"role": "viewer", "disabled": False, "unlock": True})
     assert same.status_code == 200 and same.json()["role"] == "viewer"

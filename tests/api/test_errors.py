@@ -96,3 +96,12 @@ def test_an_unexpected_error_is_internal_with_no_detail_and_a_correlation_id(
     error = assert_error(answer, 500, "internal.error")
     assert error["correlation_id"] == "lb-internal-1"
     assert CANARY not in answer.text
+
+
+def test_an_unknown_field_is_refused_without_echoing_its_name(api: Api) -> None:
+    """A key is the caller's text too: a field named after a patient must not come back."""
+    body = {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, CANARY: "x"}
+    answer = api.request("POST", "/api/v1/peers", Role.ADMIN, json=body)
+    error = assert_error(answer, 422, "request.invalid")
+    assert "unknown field" in error["message"]
+    assert CANARY.lower() not in answer.text.lower()
